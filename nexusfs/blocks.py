@@ -1,0 +1,226 @@
+"""The block layer: content hashing, deduplication, compression, upload, cache.
+
+A block is staged in a worker thread: hashed (BLAKE3; the hash releases the
+GIL), looked up among live objects (a hit uploads nothing), else reserved as a
+pending object, compressed (zstd, which also releases the GIL) and uploaded.
+The commit of the file then takes the references. Reserving and reusing both
+stamp the object's ``unref_ns``, so garbage collection, which waits a grace
+period after that stamp, never removes what a writer is about to commit.
+
+Reads go through a bounded LRU cache of raw blocks; concurrent fetches of the
+same object share one download.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import blake3
+import zstandard
+from cachetools import LRUCache
+
+from backends import BlobNotFound, BlobStore, retry
+
+from .errors import CorruptionError, StoreError
+from .meta import schema
+from .meta.engine import MetadataEngine, ObjectRef
+
+Buffer = bytes | bytearray | memoryview
+
+
+class WouldBlock(Exception):
+    """The operation needs I/O and the caller asked not to wait (run it in a thread)."""
+
+
+def digest(data: Buffer) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def is_zero(data: Buffer, _zeros: dict[int, bytes] = {}) -> bool:  # noqa: B006 - cache of zero runs
+    n = len(data)
+    z = _zeros.get(n)
+    if z is None:
+        z = bytes(n)
+        if len(_zeros) < 64:
+            _zeros[n] = z
+    return data == z
+
+
+class Codec:
+    """Block compression. zstd level 1 by default; a block that does not shrink is stored raw."""
+
+    def __init__(self, name: str, level: int = 1) -> None:
+        if name not in ("zstd", "none"):
+            raise StoreError(f"unknown compression {name!r} (use zstd or none)")
+        self.name = name
+        self.level = level
+        self._local = threading.local()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        return c
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = zstandard.ZstdDecompressor()
+        return d
+
+    def encode(self, data: Buffer) -> tuple[Buffer, int]:
+        if self.name == "zstd" and len(data) >= 128:
+            packed = self._compressor().compress(data)
+            if len(packed) < len(data) * 0.97:
+                return packed, schema.CODEC_ZSTD
+        return data, schema.CODEC_NONE
+
+    def decode(self, payload: bytes, codec: int, size: int) -> bytes:
+        if codec == schema.CODEC_NONE:
+            return payload
+        if codec == schema.CODEC_ZSTD:
+            try:
+                return self._decompressor().decompress(payload, max_output_size=size)
+            except zstandard.ZstdError as exc:
+                raise CorruptionError(f"cannot decompress block: {exc}") from None
+        raise CorruptionError(f"unknown codec {codec}")
+
+
+class BlockLayer:
+    def __init__(
+        self,
+        meta: MetadataEngine,
+        store: BlobStore,
+        *,
+        compression: str = "zstd",
+        cache_bytes: int = 512 << 20,
+        threads: int = 8,
+        verify_reads: bool = True,
+    ) -> None:
+        self.meta = meta
+        self.store = store
+        self.block_size = meta.block_size
+        self.codec = Codec(compression)
+        self.verify_reads = verify_reads
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nexus-io")
+        self._cache: LRUCache[int, Buffer] = LRUCache(maxsize=cache_bytes, getsizeof=len)
+        self._cache_lock = threading.Lock()
+        self._inflight: dict[int, Future[Buffer]] = {}
+        self.stats = {"uploads": 0, "dedup_hits": 0, "fetches": 0, "cache_hits": 0}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    # ----------------------------------------------------------------- writing
+    def stage(self, data: bytearray | bytes) -> ObjectRef | None:
+        """Store one block's content; return its ObjectRef, or None for all zeros (a hole).
+
+        ``data`` must not be modified afterwards: it may go into the read cache.
+        """
+        if is_zero(data):
+            return None
+        h = digest(data)
+        ref = self.meta.take_live_object(h, len(data))
+        if ref is not None:
+            self.stats["dedup_hits"] += 1
+            self._cache_put(ref.id, data)
+            return ref
+        payload, codec = self.codec.encode(data)
+        ref = self.meta.reserve_object(h, len(data), len(payload), codec)
+        retry(lambda: self.store.put(ref.key, payload))
+        self.stats["uploads"] += 1
+        self._cache_put(ref.id, data)
+        return ref
+
+    def submit_stage(self, data: bytearray | bytes) -> Future[ObjectRef | None]:
+        return self.pool.submit(self.stage, data)
+
+    # ----------------------------------------------------------------- reading
+    def cached(self, oid: int) -> Buffer | None:
+        with self._cache_lock:
+            data = self._cache.get(oid)
+        if data is not None:
+            self.stats["cache_hits"] += 1
+        return data
+
+    def _cache_put(self, oid: int, data: Buffer) -> None:
+        if len(data) <= self._cache.maxsize // 4:
+            with self._cache_lock:
+                self._cache[oid] = data
+
+    def fetch(self, ref: ObjectRef) -> Buffer:
+        """The raw content of an object (cache, or a download shared with concurrent callers)."""
+        data = self.cached(ref.id)
+        if data is not None:
+            return data
+        return self._fetch_future(ref).result()
+
+    def _fetch_future(self, ref: ObjectRef) -> Future[Buffer]:
+        with self._cache_lock:
+            fut = self._inflight.get(ref.id)
+            if fut is not None:
+                return fut
+            fut = Future()
+            self._inflight[ref.id] = fut
+        try:
+            data = self._download(ref)
+        except BaseException as exc:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(data)
+            self._cache_put(ref.id, data)
+        finally:
+            with self._cache_lock:
+                self._inflight.pop(ref.id, None)
+        return fut
+
+    def _download(self, ref: ObjectRef) -> bytes:
+        try:
+            payload = retry(lambda: self.store.get(ref.key))
+        except BlobNotFound:
+            raise CorruptionError(f"block {ref.key} is missing from the blob store (run nexus fsck)") from None
+        self.stats["fetches"] += 1
+        data = self.codec.decode(payload, ref.codec, ref.size)
+        if len(data) != ref.size:
+            raise CorruptionError(f"block {ref.key} has {len(data)} bytes, expected {ref.size}")
+        if self.verify_reads and digest(data) != ref.hash:
+            raise CorruptionError(f"block {ref.key} does not match its content hash (run nexus fsck)")
+        return data
+
+    def prefetch(self, refs: Iterable[ObjectRef]) -> None:
+        """Start downloading objects that are not cached yet, in the background."""
+        for ref in refs:
+            with self._cache_lock:
+                if ref.id in self._cache or ref.id in self._inflight:
+                    continue
+            self.pool.submit(self._prefetch_one, ref)
+
+    def _prefetch_one(self, ref: ObjectRef) -> None:
+        try:
+            self.fetch(ref)
+        except Exception:  # noqa: BLE001 - a real read will report it
+            pass
+
+    def verify_object(self, ref: ObjectRef) -> str | None:
+        """None if the blob exists and matches its hash, else what is wrong (for fsck)."""
+        try:
+            payload = self.store.get(ref.key)
+        except BlobNotFound:
+            return "missing"
+        if len(payload) != ref.stored_size:
+            return f"stored size {len(payload)} != recorded {ref.stored_size}"
+        try:
+            data = self.codec.decode(payload, ref.codec, ref.size)
+        except CorruptionError as exc:
+            return str(exc)
+        if len(data) != ref.size:
+            return f"size {len(data)} != recorded {ref.size}"
+        if digest(data) != ref.hash:
+            return "content does not match its hash"
+        return None
+
+    def forget_cached(self, oid: int) -> None:
+        with self._cache_lock:
+            self._cache.pop(oid, None)

@@ -1,0 +1,174 @@
+"""Configuration: where the store lives and how the engine behaves.
+
+Zero configuration works: the store lives in ``$NEXUS_HOME`` or else in the XDG
+data directory (``~/.local/share/nexus``). A YAML file (``nexus.yaml``) can set
+any field below; sizes accept ``4MiB``, ``512M``, plain bytes; durations ``1h``,
+``90s``, plain seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+
+from .errors import ConfigError
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.I)
+
+
+def parse_size(value: object, what: str = "size") -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{what}: cannot read {value!r} as a size (try 4MiB, 512M or bytes)")
+    mult = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": GiB << 10}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def parse_duration(value: object, what: str = "duration") -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = _DURATION_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"{what}: cannot read {value!r} as a duration (try 90s, 10m, 1h)")
+    mult = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[(m.group(2) or "s").lower()]
+    return float(m.group(1)) * mult
+
+
+def default_home() -> str:
+    env = os.environ.get("NEXUS_HOME")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "nexus")
+
+
+@dataclass
+class Config:
+    #: directory holding the store (metadata database, blobs, lock files)
+    home: str = field(default_factory=default_home)
+    #: metadata database URL; default: sqlite in ``home``
+    metadata: str = ""
+    #: blob store URL; default: ``home/blobs``
+    blobs: str = ""
+    #: size of new stores' blocks (fixed at init; 1-4 MiB)
+    block_size: int = 4 * MiB
+    #: files up to this size live inline in the metadata (fixed at init)
+    inline_max: int = 8 * KiB
+    #: block compression of new stores: zstd or none
+    compression: str = "zstd"
+    #: in-memory cache of decoded blocks
+    cache_size: int = 512 * MiB
+    #: written-but-not-uploaded data held in memory before writers wait
+    dirty_limit: int = 256 * MiB
+    #: worker threads for hashing, compression and blob I/O
+    threads: int = 8
+    #: blocks read ahead on sequential reads
+    readahead_blocks: int = 2
+    #: check each block's content hash when it is read from the blob store
+    verify_reads: bool = True
+    #: fsync every blob before the metadata that references it is committed
+    fsync_blobs: bool = True
+    #: unreferenced blobs are kept this long before gc removes them (seconds)
+    gc_grace: float = 3600.0
+    #: where the config came from, for messages
+    source: str = "defaults"
+
+    def __post_init__(self) -> None:
+        self.home = os.path.abspath(os.path.expanduser(self.home))
+        if not self.metadata:
+            self.metadata = "sqlite://" + os.path.join(self.home, "meta.db")
+        if not self.blobs:
+            self.blobs = "file://" + os.path.join(self.home, "blobs")
+        self.validate()
+
+    def validate(self) -> None:
+        if not (64 * KiB <= self.block_size <= 64 * MiB) or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two between 64KiB and 64MiB, not {self.block_size}")
+        if not (0 <= self.inline_max <= min(self.block_size, 1 * MiB)):
+            raise ConfigError("inline_max must be between 0 and min(block_size, 1MiB)")
+        if self.compression not in ("zstd", "none"):
+            raise ConfigError(f"compression must be zstd or none, not {self.compression!r}")
+        if self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+        if self.dirty_limit < self.block_size:
+            raise ConfigError("dirty_limit must be at least one block")
+
+    @classmethod
+    def load(cls, path: str | None = None, *, home: str | None = None, **overrides: object) -> Config:
+        """Read ``path`` (YAML) if given, then apply ``home`` and ``overrides``."""
+        values: dict[str, object] = {}
+        source = "defaults"
+        if path:
+            values = _read_yaml(path)
+            source = path
+            base = os.path.dirname(os.path.abspath(path))
+            if "home" in values:
+                values["home"] = os.path.join(base, os.path.expanduser(str(values["home"])))
+        if home:
+            values["home"] = home
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, source)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object], source: str = "defaults") -> Config:
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, object] = {"source": source}
+        for key, raw in values.items():
+            name = key.replace("-", "_")
+            if name not in known or name == "source":
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            kwargs[name] = _coerce(name, raw, source)
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def _coerce(name: str, raw: object, source: str) -> object:
+    what = f"{source}: {name}"
+    if name in ("block_size", "inline_max", "cache_size", "dirty_limit"):
+        return parse_size(raw, what)
+    if name == "gc_grace":
+        return parse_duration(raw, what)
+    if name in ("threads", "readahead_blocks"):
+        try:
+            return int(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected a whole number, got {raw!r}") from None
+    if name in ("verify_reads", "fsync_blobs"):
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "yes", "on", "1"):
+            return True
+        if str(raw).lower() in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+    if raw is None:
+        raise ConfigError(f"{what}: a value is required")
+    return str(raw)
+
+
+def _read_yaml(path: str) -> dict[str, object]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of settings")
+    return data

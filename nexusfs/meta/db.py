@@ -1,0 +1,234 @@
+"""A thin, thread-safe database wrapper and the SQL dialects.
+
+The metadata engine writes portable SQL with ``?`` placeholders; a dialect
+supplies the DDL type names, connects, and maps driver errors. Everything else
+(the shared logic) lives in :mod:`nexusfs.meta.engine`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import StoreError
+
+Row = tuple[Any, ...]
+
+
+class Database(ABC):
+    """One connection, shared by threads under a re-entrant lock.
+
+    ``transaction()`` nests: only the outermost level begins and commits, so a
+    batch operation can wrap many single-operation transactions into one.
+    """
+
+    dialect_name: str = ""
+    #: DDL substitutions for :data:`nexusfs.meta.schema.DDL`
+    ddl_types: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._depth = 0
+
+    # -- primitives a dialect implements ---------------------------------
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any]) -> Iterator[Row]: ...
+
+    @abstractmethod
+    def _changes(self) -> int: ...
+
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def make_durable(self) -> None:  # noqa: B027 - dialects with lazy sync override
+        """Force every committed transaction to stable storage."""
+
+    def executescript(self, sql: str) -> None:
+        for stmt in split_statements(sql):
+            self.execute(stmt)
+
+    def table_exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    # -- shared API --------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        with self.lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._begin()
+            self._depth = 1
+            try:
+                yield self
+            except BaseException:
+                self._depth = 0
+                self._rollback()
+                raise
+            else:
+                self._depth = 0
+                self._commit()
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+        with self.lock:
+            for _ in self._execute(sql, params):
+                pass
+            return self._changes()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self.lock:
+            return list(self._execute(sql, params))
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        with self.lock:
+            for row in self._execute(sql, params):
+                return row
+            return None
+
+    def query_value(self, sql: str, params: Sequence[Any] = (), default: Any = None) -> Any:
+        row = self.query_one(sql, params)
+        return default if row is None or row[0] is None else row[0]
+
+    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 1000) -> Iterator[Row]:
+        """Yield rows of a large result in key-ordered pages without holding the lock.
+
+        ``sql`` must select the paging key as its first column, contain a
+        ``{after}`` marker where ``AND key > ?`` fits, and end with ``ORDER BY key``;
+        this method appends ``LIMIT``.
+        """
+        last: Any = None
+        while True:
+            if last is None:
+                rows = self.query(sql.replace("{after}", "") + f" LIMIT {batch}", params)
+            else:
+                rows = self.query(
+                    sql.replace("{after}", f" AND {sql_key(sql)} > ?") + f" LIMIT {batch}",
+                    (*params, last),
+                )
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+
+def sql_key(sql: str) -> str:
+    """The column named in the final ORDER BY of ``sql``."""
+    return sql.rsplit("ORDER BY", 1)[1].split()[0]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a DDL script (comment lines, which may hold ';', are dropped first)."""
+    code = "\n".join(ln for ln in sql.splitlines() if not ln.strip().startswith("--"))
+    return [stmt.strip() for stmt in code.split(";") if stmt.strip()]
+
+
+class SQLiteDatabase(Database):
+    """SQLite through apsw: WAL journal, one transaction per operation.
+
+    ``synchronous=NORMAL`` in WAL mode makes each commit safe against a crash of
+    the process at once, and against power loss once the WAL is synced, which
+    :meth:`make_durable` does (fsync of files, ``nexus sync``).
+    """
+
+    dialect_name = "sqlite"
+    ddl_types = {
+        "ID": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "BLOB": "BLOB",
+        "NOROWID": " WITHOUT ROWID",
+    }
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30000) -> None:
+        super().__init__()
+        import apsw
+
+        self._apsw = apsw
+        self.path = path
+        try:
+            self.conn = apsw.Connection(path)
+        except apsw.CantOpenError as exc:
+            raise StoreError(f"cannot open metadata database {path}: {exc}") from None
+        self.conn.setbusytimeout(busy_timeout_ms)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=OFF")
+            self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+        except apsw.NotADBError:
+            raise StoreError(f"{path} is not a nexusfs metadata database") from None
+        self._wal_fd: int | None = None
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> Iterator[Row]:
+        try:
+            return self.conn.execute(sql, params)
+        except self._apsw.CorruptError as exc:
+            raise StoreError(f"metadata database {self.path} is corrupt: {exc}") from None
+
+    def _changes(self) -> int:
+        return self.conn.changes()
+
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if not self.conn.getautocommit():
+            self.conn.execute("ROLLBACK")
+
+    def table_exists(self, name: str) -> bool:
+        return (
+            self.query_one("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
+            is not None
+        )
+
+    def make_durable(self) -> None:
+        # All committed transactions are in the WAL (or already checkpointed into the
+        # main file, which checkpointing syncs): syncing the WAL makes them durable.
+        wal = self.path + "-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+def open_database(url: str) -> Database:
+    """``sqlite:///path`` (or a plain path). PostgreSQL comes as a later dialect."""
+    if url.startswith("sqlite://"):
+        return SQLiteDatabase(url[len("sqlite://") :])
+    if "://" in url:
+        raise StoreError(f"unsupported metadata URL {url!r} (supported: sqlite:///PATH)")
+    return SQLiteDatabase(url)

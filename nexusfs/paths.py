@@ -1,0 +1,50 @@
+"""Store paths: '/'-separated, absolute within the store, UTF-8 (surrogateescape for other bytes)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+
+from .errors import FsError
+
+PathLike = str | bytes | os.PathLike
+
+
+def to_str(path: PathLike) -> str:
+    p = os.fspath(path)
+    if isinstance(p, bytes):
+        p = p.decode("utf-8", "surrogateescape")
+    return p
+
+
+def normalize(path: PathLike) -> str:
+    """'/a/b' form: absolute, no '.', no '//' and no trailing '/'; '..' resolved lexically."""
+    p = to_str(path)
+    if "\0" in p:
+        raise FsError(errno.EINVAL, "path contains a NUL byte")
+    p = posixpath.normpath("/" + p)
+    if p.startswith("//"):
+        p = "/" + p.lstrip("/")
+    return p
+
+
+def split(path: PathLike) -> list[bytes]:
+    """Components of a normalized path as bytes (empty for the root)."""
+    p = normalize(path)
+    if p == "/":
+        return []
+    return [encode(c) for c in p[1:].split("/")]
+
+
+def encode(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def decode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+def join(parent: str, name: bytes | str) -> str:
+    n = decode(name) if isinstance(name, bytes) else name
+    return ("" if parent == "/" else parent) + "/" + n

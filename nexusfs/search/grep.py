@@ -1,0 +1,105 @@
+"""Line matching with grep's options, on raw bytes (like ``LC_ALL=C grep``).
+
+Patterns use Python ``re`` syntax; the common GNU extended-regex spellings that
+differ (``[[:alpha:]]`` classes, ``\\<`` and ``\\>`` word anchors) are accepted too.
+A file is binary, and skipped as grep skips it, when it contains a NUL byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_POSIX_CLASSES = {
+    "alpha": "A-Za-z",
+    "digit": "0-9",
+    "alnum": "A-Za-z0-9",
+    "upper": "A-Z",
+    "lower": "a-z",
+    "space": r" \t\n\r\f\v",
+    "blank": r" \t",
+    "punct": r"!-/:-@\[-`{-~",
+    "xdigit": "0-9A-Fa-f",
+    "word": r"\w",
+    "cntrl": r"\x00-\x1f\x7f",
+    "print": r"\x20-\x7e",
+    "graph": r"\x21-\x7e",
+}
+
+BINARY_PROBE = 32768
+
+
+@dataclass(frozen=True)
+class GrepOptions:
+    ignore_case: bool = False  # -i
+    word: bool = False  # -w
+    fixed: bool = False  # -F
+    files_only: bool = False  # -l
+    count: bool = False  # -c
+    line_numbers: bool = True  # -n
+    invert: bool = False  # -v
+
+
+@dataclass(frozen=True, slots=True)
+class GrepMatch:
+    path: str
+    line_no: int
+    line: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line_no}:{self.line}"
+
+
+def translate_gnu(pattern: str) -> str:
+    """Accept GNU spellings Python lacks: [[:class:]] and \\< \\>."""
+    for name, body in _POSIX_CLASSES.items():
+        pattern = pattern.replace(f"[:{name}:]", body)
+    return pattern.replace(r"\<", r"\b(?=\w)").replace(r"\>", r"\b(?<=\w)")
+
+
+def compile_pattern(pattern: str, opts: GrepOptions) -> re.Pattern[bytes]:
+    body = re.escape(pattern) if opts.fixed else translate_gnu(pattern)
+    if opts.word:
+        body = rf"(?<!\w)(?:{body})(?!\w)"
+    flags = re.IGNORECASE if opts.ignore_case else 0
+    try:
+        return re.compile(body.encode("utf-8", "surrogateescape"), flags | re.MULTILINE)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def is_binary(data: bytes) -> bool:
+    return b"\0" in data
+
+
+def match_lines(rx: re.Pattern[bytes], data: bytes, opts: GrepOptions) -> list[tuple[int, bytes]]:
+    """(1-based line number, line without newline) of the matching lines of ``data``."""
+    if opts.invert:
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        return [(i + 1, ln) for i, ln in enumerate(lines) if not rx.search(ln)]
+    out: list[tuple[int, bytes]] = []
+    n = len(data)
+    line_no = 1
+    counted = 0  # newlines before this offset are already counted in line_no
+    pos = 0
+    while pos <= n:
+        m = rx.search(data, pos)
+        if m is None:
+            break
+        if m.start() == n and (n == 0 or data[n - 1] == 10):
+            break  # an empty match after the final newline is not a line
+        j = data.rfind(b"\n", pos, m.start())
+        start = j + 1 if j >= 0 else pos
+        end = data.find(b"\n", m.start())
+        if end < 0:
+            end = n
+        line = data[start:end]
+        # a match that runs past the end of its line must also hold for the line alone
+        if m.end() <= end or rx.search(line):
+            line_no += data.count(b"\n", counted, start)
+            counted = start
+            out.append((line_no, line))
+        pos = end + 1
+    return out

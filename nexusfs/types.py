@@ -1,0 +1,126 @@
+"""Plain data types shared by the engine, the API and the mount."""
+
+from __future__ import annotations
+
+import stat as _stat
+from dataclasses import dataclass, field
+
+ROOT_INODE = 1
+NAME_MAX = 255
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+SYMLINK_MAX = 4095
+
+# rename(2) flags (linux/fs.h)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+# setxattr(2) flags
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+#: setattr: use the current time for atime/mtime
+TIME_NOW = -1
+
+
+@dataclass(slots=True)
+class Attr:
+    """The attributes of an inode, as ``stat(2)`` reports them (times in ns)."""
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    rdev: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    btime_ns: int
+    alloc: int = 0
+    data_version: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return _stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return _stat.S_ISLNK(self.mode)
+
+    @property
+    def blocks(self) -> int:
+        """st_blocks: 512-byte units actually stored."""
+        return (self.alloc + 511) // 512
+
+
+@dataclass(slots=True)
+class Ctx:
+    """Who is asking: the caller's credentials and umask."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    umask: int = 0o022
+    groups: tuple[int, ...] = ()
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
+
+
+@dataclass(slots=True)
+class DirEntry:
+    name: bytes
+    attr: Attr
+    cookie: int  # pass as ``after`` to continue a listing after this entry
+
+
+@dataclass(slots=True)
+class StatFs:
+    block_size: int  # f_bsize / f_frsize
+    total_blocks: int
+    free_blocks: int
+    avail_blocks: int
+    total_inodes: int
+    free_inodes: int
+    name_max: int = NAME_MAX
+
+
+@dataclass(slots=True)
+class StoreInfo:
+    """Figures for ``nexus info``."""
+
+    home: str
+    metadata: str
+    blobs: str
+    block_size: int
+    compression: str
+    inline_max: int
+    schema_version: int
+    files: int
+    directories: int
+    symlinks: int
+    other_inodes: int
+    logical_bytes: int  # sum of file sizes
+    referenced_bytes: int  # sum over block references of raw size (before dedup)
+    unique_bytes: int  # sum over live objects of raw size (after dedup)
+    stored_bytes: int  # sum over objects of stored size (after compression) + inline bytes
+    inline_bytes: int
+    objects: int
+    pending_objects: int
+    unreferenced_objects: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dedup_ratio(self) -> float:
+        return self.referenced_bytes / self.unique_bytes if self.unique_bytes else 1.0
+
+    @property
+    def compression_ratio(self) -> float:
+        stored = self.stored_bytes - self.inline_bytes
+        return self.unique_bytes / stored if stored > 0 else 1.0

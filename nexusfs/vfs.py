@@ -1,0 +1,687 @@
+"""The VFS: POSIX file semantics over the metadata engine and the block layer.
+
+This is the layer the FUSE mount and the Python API share. It owns open files:
+their dirty blocks, uploads in flight, and the inode's size and times while
+they differ from what is committed. It is inode based, like the kernel.
+
+Concurrency (see also docs in DESIGN.md):
+
+* ``OpenInode.lock`` guards one open file's in-memory state. It is held only
+  for memory work, never while waiting for an upload; a read or write that
+  must fetch a block while holding it does so only when the caller passed
+  ``wait=True`` (worker threads); the mount's event-loop thread passes
+  ``wait=False`` and gets :class:`WouldBlock` instead, then retries in a thread.
+* ``OpenInode.commit_lock`` serialises commits of one file.
+* Lock order: commit_lock -> OpenInode.lock -> database lock -> VFS._lock.
+
+Durability follows DESIGN.md: write() only fills the bounded dirty buffer;
+flush/close/fsync upload every dirty block (in parallel, in the block layer's
+threads) and only then commit the metadata that references them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from backends import BlobStore
+
+from .blocks import BlockLayer, Buffer, WouldBlock
+from .dirty import DirtyBuffer
+from .errors import FsError, NexusError, fs_error
+from .meta.engine import MetadataEngine, ObjectRef
+from .types import Attr, DirEntry, StatFs
+
+log = logging.getLogger("nexusfs.vfs")
+
+MAX_FILE_SIZE = 1 << 62
+_DAY_NS = 86400 * 10**9
+
+__all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE"]
+
+
+@dataclass(eq=False)
+class OpenInode:
+    """In-memory state of a regular file that someone has open."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    data_version: int
+    refs: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    commit_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: blocks written since the last staging, by index (content from the block start)
+    dirty: dict[int, bytearray] = field(default_factory=dict)
+    #: blocks handed to the block layer: future -> ObjectRef (or None for a hole)
+    pending: dict[int, Future] = field(default_factory=dict)
+    #: committed blocks beyond this index have been truncated away (None: no truncation)
+    keep_blocks: int | None = None
+    #: committed block map, loaded on first use
+    committed: dict[int, ObjectRef] | None = None
+    #: committed inline content (False: not loaded yet)
+    inline: bytes | None | bool = False
+    modified: bool = False
+    last_read_end: int = -1
+
+
+@dataclass(eq=False, slots=True)
+class Handle:
+    fh: int
+    oi: OpenInode
+    readable: bool
+    writable: bool
+    append: bool
+
+
+class VFS:
+    def __init__(
+        self,
+        meta: MetadataEngine,
+        store: BlobStore,
+        *,
+        compression: str | None = None,
+        cache_bytes: int = 512 << 20,
+        dirty_limit: int = 256 << 20,
+        threads: int = 8,
+        readahead_blocks: int = 2,
+        verify_reads: bool = True,
+    ) -> None:
+        self.meta = meta
+        self.store = store
+        self.block_size = meta.block_size
+        self.inline_max = meta.inline_max
+        self.blocks = BlockLayer(
+            meta,
+            store,
+            compression=compression or meta.settings.get("compression", "zstd"),
+            cache_bytes=cache_bytes,
+            threads=threads,
+            verify_reads=verify_reads,
+        )
+        self.dirty = DirtyBuffer(dirty_limit)
+        self.readahead_blocks = readahead_blocks
+        self._lock = threading.Lock()
+        self._open: dict[int, OpenInode] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._pins: dict[int, int] = {}
+        self._statfs_cache: tuple[float, tuple[int, int]] | None = None
+
+    def close(self) -> None:
+        """Commit every open file and stop the worker threads."""
+        for oi in list(self._open.values()):
+            try:
+                self._commit(oi)
+            except NexusError as exc:
+                log.error("could not commit inode %d on close: %s", oi.ino, exc)
+        self.blocks.close()
+
+    # ------------------------------------------------------------- pinning
+    def pin(self, ino: int, n: int = 1) -> None:
+        """Keep ``ino`` alive after its last name goes (the kernel still knows it)."""
+        with self._lock:
+            self._pins[ino] = self._pins.get(ino, 0) + n
+
+    def unpin(self, ino: int, n: int = 1) -> None:
+        with self._lock:
+            left = self._pins.get(ino, 0) - n
+            if left > 0:
+                self._pins[ino] = left
+                return
+            self._pins.pop(ino, None)
+            still_open = ino in self._open
+        if not still_open:
+            self.meta.purge_if_orphan(ino)
+
+    def is_pinned(self, ino: int) -> bool:
+        return ino in self._pins or ino in self._open
+
+    # ---------------------------------------------------------- attributes
+    def _overlay(self, attr: Attr) -> Attr:
+        oi = self._open.get(attr.ino)
+        if oi is not None and (oi.modified or oi.dirty or oi.pending):
+            attr.size = oi.size
+            attr.mtime_ns = oi.mtime_ns
+            attr.ctime_ns = max(attr.ctime_ns, oi.ctime_ns)
+            attr.alloc = max(attr.alloc, min(attr.size, attr.alloc + sum(len(b) for b in oi.dirty.values())))
+        return attr
+
+    def getattr(self, ino: int) -> Attr:
+        return self._overlay(self.meta.getattr(ino))
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        return self._overlay(self.meta.lookup(parent, name))
+
+    def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[DirEntry]:
+        entries = self.meta.readdir(ino, after, limit)
+        if self._open:
+            for e in entries:
+                if e.attr.ino in self._open:
+                    self._overlay(e.attr)
+        return entries
+
+    def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        ctime_ns: int | None = None,
+    ) -> Attr:
+        if size is not None:
+            self.truncate(ino, size)
+        if any(v is not None for v in (mode, uid, gid, atime_ns, mtime_ns, ctime_ns)) or size is None:
+            attr = self.meta.setattr(
+                ino, mode=mode, uid=uid, gid=gid, atime_ns=atime_ns, mtime_ns=mtime_ns, ctime_ns=ctime_ns
+            )
+            oi = self._open.get(ino)
+            if oi is not None:
+                with oi.lock:
+                    oi.mtime_ns = attr.mtime_ns
+                    oi.ctime_ns = attr.ctime_ns
+        return self.getattr(ino)
+
+    # ------------------------------------------------------------ namespace
+    def create_node(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int,
+        gid: int,
+        *,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Attr:
+        return self.meta.create(parent, name, mode, uid, gid, rdev=rdev, target=target)
+
+    def unlink(self, parent: int, name: bytes) -> int:
+        return self.meta.unlink(parent, name, self.is_pinned)
+
+    def rmdir(self, parent: int, name: bytes) -> int:
+        return self.meta.rmdir(parent, name, self.is_pinned)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int = 0) -> int | None:
+        return self.meta.rename(old_parent, old_name, new_parent, new_name, flags, self.is_pinned)
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        return self._overlay(self.meta.link(ino, new_parent, new_name))
+
+    def readlink(self, ino: int) -> bytes:
+        return self.meta.readlink(ino)
+
+    def statfs(self) -> StatFs:
+        now = time.monotonic()
+        if self._statfs_cache is None or now - self._statfs_cache[0] > 1.0:
+            self._statfs_cache = (now, self.meta.statfs_usage())
+        used, inodes = self._statfs_cache[1]
+        frsize = 4096
+        cap = self.store.capacity()
+        if cap is None:
+            total = max(used * 2, 1 << 50)
+            free = total - used
+        else:
+            free = cap[1]
+            total = used + free
+        used_blocks = (used + frsize - 1) // frsize
+        free_blocks = free // frsize
+        free_inodes = max(free_blocks, 1 << 20)
+        return StatFs(
+            block_size=frsize,
+            total_blocks=used_blocks + free_blocks,
+            free_blocks=free_blocks,
+            avail_blocks=free_blocks,
+            total_inodes=inodes + free_inodes,
+            free_inodes=free_inodes,
+        )
+
+    # ------------------------------------------------------------ open files
+    def open(self, ino: int, flags: int, *, update_atime: bool = True) -> int:
+        """Open a regular file; return a handle number."""
+        attr = self.meta.getattr(ino)
+        acc = flags & os.O_ACCMODE
+        readable = acc in (os.O_RDONLY, os.O_RDWR)
+        writable = acc in (os.O_WRONLY, os.O_RDWR)
+        if attr.is_dir:
+            if writable:
+                raise fs_error(errno.EISDIR, f"inode {ino}")
+            raise fs_error(errno.EISDIR, f"inode {ino} is a directory")
+        if not attr.is_reg:
+            raise fs_error(errno.EINVAL, f"inode {ino} is not a regular file")
+        with self._lock:
+            oi = self._open.get(ino)
+            if oi is None:
+                oi = OpenInode(ino, attr.size, attr.mtime_ns, attr.ctime_ns, attr.data_version)
+                self._open[ino] = oi
+            elif not (oi.modified or oi.dirty or oi.pending) and oi.data_version != attr.data_version:
+                # changed by another process since we loaded it: start from what is committed
+                self._reload(oi, attr)
+            oi.refs += 1
+            fh = self._next_fh
+            self._next_fh += 1
+            h = Handle(fh, oi, readable, writable, bool(flags & os.O_APPEND))
+            self._handles[fh] = h
+        try:
+            if writable and flags & os.O_TRUNC and attr.size:
+                self.truncate(ino, 0)
+            elif update_atime and readable:
+                t = time.time_ns()
+                if attr.atime_ns <= attr.mtime_ns or attr.atime_ns <= attr.ctime_ns or t - attr.atime_ns > _DAY_NS:
+                    self.meta.touch_atime(ino, t)
+        except BaseException:
+            self.release(fh)
+            raise
+        return fh
+
+    def _reload(self, oi: OpenInode, attr: Attr) -> None:
+        oi.size = attr.size
+        oi.mtime_ns = attr.mtime_ns
+        oi.ctime_ns = attr.ctime_ns
+        oi.data_version = attr.data_version
+        oi.committed = None
+        oi.inline = False
+        oi.keep_blocks = None
+
+    def data_version(self, ino: int) -> int:
+        oi = self._open.get(ino)
+        return oi.data_version if oi is not None else self.meta.getattr(ino).data_version
+
+    def _handle(self, fh: int) -> Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise fs_error(errno.EBADF, f"file handle {fh}")
+        return h
+
+    def handle_inode(self, fh: int) -> int:
+        return self._handle(fh).oi.ino
+
+    def release(self, fh: int) -> None:
+        """Close a handle: commit its file, and remove the file if it has no names left."""
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is None:
+            raise fs_error(errno.EBADF, f"file handle {fh}")
+        oi = h.oi
+        try:
+            self._commit(oi)
+        finally:
+            with self._lock:
+                oi.refs -= 1
+                last = oi.refs == 0
+                if last:
+                    self._open.pop(oi.ino, None)
+                pinned = oi.ino in self._pins
+            if last:
+                self._drop_uncommitted(oi)
+                if not pinned:
+                    self.meta.purge_if_orphan(oi.ino)
+
+    def _drop_uncommitted(self, oi: OpenInode) -> None:
+        """Forget what a failed commit left in memory (uploaded blobs become garbage for gc)."""
+        with oi.lock:
+            oi.pending.clear()
+            for buf in oi.dirty.values():
+                self.dirty.release(len(buf))
+            oi.dirty.clear()
+
+    def flush(self, fh: int) -> None:
+        self._commit(self._handle(fh).oi)
+
+    def fsync(self, fh: int, datasync: bool = False) -> None:
+        self._commit(self._handle(fh).oi)
+        self.meta.db.make_durable()
+
+    def sync(self) -> None:
+        """Commit every open file and make everything durable."""
+        for oi in list(self._open.values()):
+            self._commit(oi)
+        self.meta.db.make_durable()
+
+    # ----------------------------------------------------------- block access
+    def _committed(self, oi: OpenInode) -> dict[int, ObjectRef]:
+        if oi.committed is None:
+            oi.committed = self.meta.block_map(oi.ino)
+        return oi.committed
+
+    def _inline(self, oi: OpenInode) -> bytes | None:
+        if oi.inline is False:
+            oi.inline = self.meta.read_inline(oi.ino)
+        return oi.inline  # type: ignore[return-value]
+
+    def _fetch(self, ref: ObjectRef, wait: bool) -> Buffer:
+        data = self.blocks.cached(ref.id)
+        if data is None:
+            if not wait:
+                raise WouldBlock
+            data = self.blocks.fetch(ref)
+        return data
+
+    def _source(self, oi: OpenInode, idx: int) -> Buffer | Future | ObjectRef | None:
+        """Where block ``idx`` currently lives (caller holds oi.lock): bytes, a staging, a ref, or a hole."""
+        buf = oi.dirty.get(idx)
+        if buf is not None:
+            return buf
+        fut = oi.pending.get(idx)
+        if fut is not None:
+            return fut
+        if oi.keep_blocks is not None and idx >= oi.keep_blocks:
+            return None
+        inline = self._inline(oi)
+        if inline is not None:
+            return inline if idx == 0 else None
+        return self._committed(oi).get(idx)
+
+    def _resolve(self, source: Buffer | Future | ObjectRef | None, wait: bool) -> Buffer | None:
+        if isinstance(source, Future):
+            if not source.done() and not wait:
+                raise WouldBlock
+            source = _result(source)
+            if source is None:
+                return None
+        if isinstance(source, ObjectRef):
+            return self._fetch(source, wait)
+        return source
+
+    def _valid_len(self, oi: OpenInode, idx: int) -> int:
+        return max(0, min(self.block_size, oi.size - idx * self.block_size))
+
+    # ------------------------------------------------------------------ read
+    def read(self, fh: int, offset: int, size: int, *, wait: bool = True) -> bytes:
+        h = self._handle(fh)
+        if not h.readable:
+            raise fs_error(errno.EBADF, "file is not open for reading")
+        if offset < 0 or size < 0:
+            raise FsError(errno.EINVAL, "negative offset or size")
+        oi = h.oi
+        bs = self.block_size
+        with oi.lock:
+            end = min(offset + size, oi.size)
+            if offset >= end:
+                return b""
+            plan = []
+            for idx in range(offset // bs, (end - 1) // bs + 1):
+                src = self._source(oi, idx)
+                a = max(offset, idx * bs) - idx * bs
+                b = min(end, (idx + 1) * bs) - idx * bs
+                if isinstance(src, bytearray):
+                    src = bytes(src[a:b])  # dirty buffers change: copy what we need now
+                    plan.append((src, 0, b - a))
+                else:
+                    plan.append((src, a, b))
+            sequential = offset == oi.last_read_end
+            oi.last_read_end = end
+            ahead: list[ObjectRef] = []
+            if sequential and self.readahead_blocks and isinstance(plan[-1][0], ObjectRef):
+                last = (end - 1) // bs
+                for idx in range(last + 1, last + 1 + self.readahead_blocks):
+                    if idx * bs >= oi.size:
+                        break
+                    src = self._source(oi, idx)
+                    if isinstance(src, ObjectRef):
+                        ahead.append(src)
+        if ahead:
+            self.blocks.prefetch(ahead)
+        pieces: list[Buffer] = []
+        for src, a, b in plan:
+            data = self._resolve(src, wait)
+            if data is None:
+                pieces.append(bytes(b - a))
+                continue
+            if a == 0 and b == len(data) and isinstance(data, bytes):
+                pieces.append(data)
+                continue
+            piece = memoryview(data)[a:b]
+            pieces.append(piece)
+            if len(piece) < b - a:  # the block's stored content ends early: zeros follow
+                pieces.append(bytes(b - a - len(piece)))
+        if len(pieces) == 1:
+            p = pieces[0]
+            return p if isinstance(p, bytes) else bytes(p)
+        return b"".join(pieces)
+
+    # ----------------------------------------------------------------- write
+    def write(self, fh: int, offset: int, data: Buffer, *, wait: bool = True) -> int:
+        h = self._handle(fh)
+        if not h.writable:
+            raise fs_error(errno.EBADF, "file is not open for writing")
+        n = len(data)
+        if not wait and not self.dirty.has_room(n):
+            raise WouldBlock
+        oi = h.oi
+        bs = self.block_size
+        with oi.lock:
+            if h.append:
+                offset = oi.size
+            if offset < 0:
+                raise FsError(errno.EINVAL, "negative offset")
+            if offset + n > MAX_FILE_SIZE:
+                raise fs_error(errno.EFBIG, "file would exceed the maximum size")
+            if n == 0:
+                return 0
+            end = offset + n
+            first, last = offset // bs, (end - 1) // bs
+            # Fetch what partial writes need before changing anything, so a
+            # WouldBlock leaves the file untouched.
+            bases: dict[int, Buffer | None] = {}
+            for idx in {first, last}:
+                if idx in oi.dirty:
+                    continue
+                s = max(offset, idx * bs) - idx * bs
+                e = min(end, (idx + 1) * bs) - idx * bs
+                valid = self._valid_len(oi, idx)
+                if valid and not (s == 0 and e >= valid):
+                    base = self._resolve(self._source(oi, idx), wait)
+                    bases[idx] = None if base is None else base[:valid]
+            oi.size = max(oi.size, end)
+            view = memoryview(data)
+            pos = 0
+            for idx in range(first, last + 1):
+                s = max(offset, idx * bs) - idx * bs
+                e = min(end, (idx + 1) * bs) - idx * bs
+                buf = oi.dirty.get(idx)
+                if buf is None:
+                    base = bases.get(idx)
+                    buf = bytearray(base) if base is not None else bytearray()
+                    oi.pending.pop(idx, None)
+                    oi.dirty[idx] = buf
+                    grown = len(buf)
+                else:
+                    grown = 0
+                before = len(buf)
+                if before < s:
+                    buf.extend(bytes(s - before))
+                buf[s:e] = view[pos : pos + e - s]
+                grown += len(buf) - before
+                self.dirty.add(grown)
+                pos += e - s
+                if e == bs:  # the block is written up to its end: upload it now
+                    self._stage_dirty(oi, idx)
+            t = time.time_ns()
+            oi.mtime_ns = oi.ctime_ns = t
+            oi.modified = True
+            if not self.dirty.has_room():
+                for idx in list(oi.dirty):
+                    self._stage_dirty(oi, idx)
+        if wait and not self.dirty.has_room():
+            self.dirty.wait_for_room()
+        return n
+
+    def _stage_dirty(self, oi: OpenInode, idx: int) -> None:
+        """Hand dirty block ``idx`` to the block layer (caller holds oi.lock)."""
+        buf = oi.dirty.pop(idx)
+        valid = self._valid_len(oi, idx)
+        if len(buf) > valid:
+            self.dirty.release(len(buf) - valid)
+            del buf[valid:]
+        n = len(buf)
+        fut = self.blocks.submit_stage(buf)
+        fut.add_done_callback(lambda _f, n=n: self.dirty.release(n))
+        oi.pending[idx] = fut
+
+    # -------------------------------------------------------------- truncate
+    def truncate(self, ino: int, size: int) -> None:
+        if size < 0:
+            raise FsError(errno.EINVAL, "negative size")
+        if size > MAX_FILE_SIZE:
+            raise fs_error(errno.EFBIG, "size exceeds the maximum file size")
+        attr = self.meta.getattr(ino)
+        if attr.is_dir:
+            raise fs_error(errno.EISDIR, f"inode {ino}")
+        if not attr.is_reg:
+            raise fs_error(errno.EINVAL, f"inode {ino} is not a regular file")
+        fh = self.open(ino, os.O_WRONLY, update_atime=False)
+        try:
+            oi = self._handles[fh].oi
+            with oi.lock:
+                self._truncate_locked(oi, size)
+            self._commit(oi)
+        finally:
+            self.release(fh)
+
+    def _truncate_locked(self, oi: OpenInode, size: int) -> None:
+        bs = self.block_size
+        keep = (size + bs - 1) // bs
+        for idx in [i for i in oi.dirty if i >= keep]:
+            self.dirty.release(len(oi.dirty.pop(idx)))
+        for idx in [i for i in oi.pending if i >= keep]:
+            del oi.pending[idx]
+        if size < oi.size and size % bs:
+            idx = size // bs
+            cut = size % bs
+            buf = oi.dirty.get(idx)
+            if buf is None:
+                base = self._resolve(self._source(oi, idx), True)
+                if base is not None and len(base) > cut:
+                    buf = bytearray(base[:cut])
+                    self.dirty.add(len(buf))
+                    oi.pending.pop(idx, None)
+                    oi.dirty[idx] = buf
+            elif len(buf) > cut:
+                self.dirty.release(len(buf) - cut)
+                del buf[cut:]
+        if size < oi.size:
+            oi.keep_blocks = keep if oi.keep_blocks is None else min(oi.keep_blocks, keep)
+        oi.size = size
+        t = time.time_ns()
+        oi.mtime_ns = oi.ctime_ns = t
+        oi.modified = True
+
+    # ---------------------------------------------------------------- commit
+    def _commit(self, oi: OpenInode) -> None:
+        """Upload every dirty block of ``oi`` and commit its new content (one transaction)."""
+        with oi.commit_lock:
+            with oi.lock:
+                if not oi.modified:
+                    return
+                if oi.size <= self.inline_max:
+                    self._commit_inline(oi)
+                    return
+                inline = self._inline(oi)
+                if (
+                    inline is not None
+                    and 0 not in oi.dirty
+                    and 0 not in oi.pending
+                    and (oi.keep_blocks is None or oi.keep_blocks > 0)
+                ):
+                    buf = bytearray(inline)
+                    self.dirty.add(len(buf))
+                    oi.dirty[0] = buf
+                for idx in list(oi.dirty):
+                    self._stage_dirty(oi, idx)
+                snapshot = dict(oi.pending)
+                size, keep = oi.size, oi.keep_blocks
+                mtime, ctime = oi.mtime_ns, oi.ctime_ns
+                oi.modified = False
+            try:
+                refs = {idx: _result(f) for idx, f in snapshot.items()}
+            except Exception as exc:
+                with oi.lock:
+                    for idx, f in snapshot.items():
+                        if f.done() and f.exception() is not None and oi.pending.get(idx) is f:
+                            del oi.pending[idx]
+                    oi.modified = True
+                log.error("upload failed for inode %d: %s", oi.ino, exc)
+                raise _io_error(exc) from exc
+            with oi.lock:
+                try:
+                    oi.data_version = self.meta.commit_content(
+                        oi.ino,
+                        size=size,
+                        changed={idx: (r.id if r is not None else None) for idx, r in refs.items()},
+                        keep_blocks=keep,
+                        inline=None,
+                        mtime_ns=mtime,
+                        ctime_ns=ctime,
+                    )
+                except BaseException:
+                    oi.modified = True
+                    raise
+                committed = self._committed(oi)
+                if keep is not None:
+                    for idx in [i for i in committed if i >= keep]:
+                        del committed[idx]
+                    if oi.keep_blocks == keep:
+                        oi.keep_blocks = None
+                for idx, r in refs.items():
+                    if r is None:
+                        committed.pop(idx, None)
+                    else:
+                        committed[idx] = r
+                    if oi.pending.get(idx) is snapshot[idx]:
+                        del oi.pending[idx]
+                oi.inline = None
+
+    def _commit_inline(self, oi: OpenInode) -> None:
+        """Commit a small file's whole content into its inode row (caller holds both locks)."""
+        content = self._read_all_locked(oi)
+        oi.data_version = self.meta.commit_content(
+            oi.ino,
+            size=oi.size,
+            changed={},
+            keep_blocks=0,
+            inline=content,
+            mtime_ns=oi.mtime_ns,
+            ctime_ns=oi.ctime_ns,
+        )
+        for buf in oi.dirty.values():
+            self.dirty.release(len(buf))
+        oi.dirty.clear()
+        oi.pending.clear()
+        oi.committed = {}
+        oi.inline = content
+        oi.keep_blocks = None
+        oi.modified = False
+
+    def _read_all_locked(self, oi: OpenInode) -> bytes:
+        bs = self.block_size
+        out = bytearray()
+        for idx in range((oi.size + bs - 1) // bs):
+            data = self._resolve(self._source(oi, idx), True)
+            valid = self._valid_len(oi, idx)
+            piece = b"" if data is None else data[:valid]
+            out += piece
+            if len(piece) < valid:
+                out += bytes(valid - len(piece))
+        return bytes(out)
+
+
+def _result(fut: Future) -> ObjectRef | None:
+    return fut.result()
+
+
+def _io_error(exc: BaseException) -> FsError:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FsError(exc.errno, f"no space left for file data: {exc}")
+    return FsError(errno.EIO, f"could not store file data: {exc}")
+

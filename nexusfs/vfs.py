@@ -335,6 +335,27 @@ class VFS:
                 self.dirty.release(len(buf))
             oi.dirty.clear()
 
+    def needs_commit(self, fh: int) -> bool:
+        """Whether flushing this handle has anything to upload or commit."""
+        h = self._handles.get(fh)
+        return h is not None and h.oi.modified
+
+    def access(self, ino: int, mask: int, uid: int, gid: int, groups: set[int]) -> bool:
+        """access(2) by mode bits (the mount normally leaves this to the kernel)."""
+        attr = self.meta.getattr(ino)
+        mask &= os.R_OK | os.W_OK | os.X_OK
+        if not mask:
+            return True
+        if uid == 0:
+            return not (mask & os.X_OK and not attr.is_dir and not attr.mode & 0o111)
+        if uid == attr.uid:
+            bits = attr.mode >> 6
+        elif attr.gid == gid or attr.gid in groups:
+            bits = attr.mode >> 3
+        else:
+            bits = attr.mode
+        return bits & mask == mask
+
     def flush(self, fh: int) -> None:
         self._commit(self._handle(fh).oi)
 

@@ -1,0 +1,364 @@
+"""The pyfuse3 Operations class: kernel requests translated onto the nexusfs VFS.
+
+This module holds no SQL and does no blob I/O of its own. Metadata requests
+are answered on the trio thread (a SQLite transaction takes tens of
+microseconds, less than a hop to a worker thread). Data requests are tried on
+the trio thread with ``wait=False`` and, when they would need I/O (a block
+fetch, an upload, back-pressure), are re-run in a worker thread, so the event
+loop keeps answering other requests meanwhile.
+
+Every engine error becomes a FUSEError with its errno; anything unexpected is
+logged with its traceback and answered with EIO, so one bad request never
+takes the filesystem down.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from nexusfs.blocks import WouldBlock
+from nexusfs.errors import FsError, NexusError
+from nexusfs.types import Attr
+from nexusfs.vfs import VFS
+
+log = logging.getLogger("nexusfs.mount")
+
+T = TypeVar("T")
+
+#: st_blksize reported to programs (the I/O size cp and friends use)
+IO_BLKSIZE = 128 * 1024
+
+
+def _translate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map engine errors to FUSEError; log and EIO anything unexpected."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except NexusError as exc:
+            log.error("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except OSError as exc:
+            log.error("%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+class NexusOperations(pyfuse3.Operations):
+    """Kernel requests -> VFS calls. Inode numbers are the engine's inode numbers."""
+
+    supports_dot_lookup = True
+    enable_acl = False
+
+    def __init__(
+        self,
+        vfs: VFS,
+        *,
+        attr_timeout: float = 1.0,
+        entry_timeout: float = 1.0,
+        negative_timeout: float = 1.0,
+        writeback_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.negative_timeout = negative_timeout
+        self.enable_writeback_cache = writeback_cache
+        #: data_version of each file as of the kernel's page cache (for keep_cache)
+        self._cached_version: dict[int, int] = {}
+
+    # ------------------------------------------------------------ helpers
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = attr.ino
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = attr.rdev
+        e.st_size = attr.size
+        e.st_blksize = IO_BLKSIZE
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        return e
+
+    def _looked_up(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry reply: the kernel now holds one more reference to the inode."""
+        self.vfs.pin(attr.ino)
+        return self._entry(attr)
+
+    def _new_mode(self, parent: int, mode: int, ctx: pyfuse3.RequestContext) -> int:
+        """Drop setgid on a new file in a setgid directory unless the caller is in that group."""
+        if mode & stat.S_ISGID and not stat.S_ISDIR(mode) and ctx.uid != 0:
+            pattr = self.vfs.getattr(parent)
+            if pattr.mode & stat.S_ISGID and pattr.gid != ctx.gid:
+                try:
+                    groups = pyfuse3.get_sup_groups(ctx.pid)
+                except (OSError, ValueError):
+                    groups = set()
+                if pattr.gid not in groups:
+                    mode &= ~stat.S_ISGID
+        return mode
+
+    # ------------------------------------------------------------ lifecycle
+    def init(self) -> None:
+        log.info("filesystem ready")
+
+    # ------------------------------------------------------------ namespace
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            attr = self.vfs.lookup(parent_inode, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT and self.negative_timeout > 0:
+                e = pyfuse3.EntryAttributes()
+                e.st_ino = 0  # a negative entry the kernel may cache
+                e.entry_timeout = self.negative_timeout
+                return e
+            raise
+        return self._looked_up(attr)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                self.vfs.unpin(ino, n)
+            except Exception:  # noqa: BLE001 - forget has no way to report errors
+                log.exception("forget of inode %d failed", ino)
+            self._cached_version.pop(ino, None)
+
+    @_translate
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.vfs.getattr(inode))
+
+    @_translate
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        kwargs: dict[str, int] = {}
+        if fields.update_mode:
+            kwargs["mode"] = attr.st_mode
+        if fields.update_uid:
+            kwargs["uid"] = attr.st_uid
+        if fields.update_gid:
+            kwargs["gid"] = attr.st_gid
+        if fields.update_atime:
+            kwargs["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kwargs["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kwargs["ctime_ns"] = attr.st_ctime_ns
+        if fields.update_size:
+            result = await _in_thread(self.vfs.setattr, inode, size=attr.st_size, **kwargs)
+            self._cached_version[inode] = self.vfs.data_version(inode)
+        else:
+            result = self.vfs.setattr(inode, **kwargs)
+        return self._entry(result)
+
+    @_translate
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.vfs.readlink(inode)
+
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        mode = self._new_mode(parent_inode, mode, ctx)
+        attr = self.vfs.create_node(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
+        return self._looked_up(attr)
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = self.vfs.create_node(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid)
+        return self._looked_up(attr)
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        attr = self.vfs.create_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target)
+        return self._looked_up(attr)
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._looked_up(self.vfs.link(inode, new_parent_inode, new_name))
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.unlink(parent_inode, name)
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.rmdir(parent_inode, name)
+
+    @_translate
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    # ------------------------------------------------------------ files
+    def _file_info(self, ino: int, fh: int) -> pyfuse3.FileInfo:
+        version = self.vfs.data_version(ino)
+        keep = self._cached_version.get(ino) == version
+        self._cached_version[ino] = version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            fh = await _in_thread(self.vfs.open, inode, flags)
+        else:
+            fh = self.vfs.open(inode, flags)
+        return self._file_info(inode, fh)
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        mode = self._new_mode(parent_inode, mode, ctx)
+        attr = self.vfs.create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
+        fh = self.vfs.open(attr.ino, flags & ~os.O_TRUNC, update_atime=False)
+        entry = self._looked_up(attr)
+        return self._file_info(attr.ino, fh), entry
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return self.vfs.read(fh, off, size, wait=False)
+        except WouldBlock:
+            return await _in_thread(self.vfs.read, fh, off, size)
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        try:
+            return self.vfs.write(fh, off, buf, wait=False)
+        except WouldBlock:
+            return await _in_thread(self.vfs.write, fh, off, buf)
+
+    def _after_commit(self, fh: int) -> None:
+        # our own writes went through the kernel's page cache: it is current
+        try:
+            ino = self.vfs.handle_inode(fh)
+        except FsError:
+            return
+        self._cached_version[ino] = self.vfs.data_version(ino)
+
+    @_translate
+    async def flush(self, fh: int) -> None:
+        if self.vfs.needs_commit(fh):
+            await _in_thread(self.vfs.flush, fh)
+            self._after_commit(fh)
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await _in_thread(self.vfs.fsync, fh, datasync)
+        self._after_commit(fh)
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        if self.vfs.needs_commit(fh):
+            await _in_thread(self.vfs.flush, fh)
+            self._after_commit(fh)
+        self.vfs.release(fh)
+
+    # ------------------------------------------------------------ directories
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        attr = self.vfs.getattr(inode)
+        if not attr.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        after = start_id
+        while True:
+            entries = self.vfs.readdir(fh, after, 256)
+            if not entries:
+                return
+            for e in entries:
+                if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr), e.cookie):
+                    return
+                if e.name not in (b".", b".."):
+                    self.vfs.pin(e.attr.ino)  # readdirplus: the kernel took a reference
+            after = entries[-1].cookie
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @_translate
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await _in_thread(self.vfs.meta.db.make_durable)
+
+    # ------------------------------------------------------------ misc
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.vfs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.block_size
+        out.f_frsize = s.block_size
+        out.f_blocks = s.total_blocks
+        out.f_bfree = s.free_blocks
+        out.f_bavail = s.avail_blocks
+        out.f_files = s.total_inodes
+        out.f_ffree = s.free_inodes
+        out.f_favail = s.free_inodes
+        out.f_namemax = s.name_max
+        return out
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.meta.setxattr(inode, name, value)
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.vfs.meta.getxattr(inode, name)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self.vfs.meta.listxattr(inode)
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.vfs.meta.removexattr(inode, name)
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return self.vfs.access(inode, mode, ctx.uid, ctx.gid, _groups(ctx))
+
+
+def _groups(ctx: pyfuse3.RequestContext) -> set[int]:
+    try:
+        return set(pyfuse3.get_sup_groups(ctx.pid))
+    except (OSError, ValueError):
+        return {ctx.gid}
+
+
+__all__ = ["NexusOperations"]

@@ -1,0 +1,284 @@
+"""Mounting and unmounting: checks, the trio main loop, signals, background mode."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from nexusfs.config import Config
+from nexusfs.errors import NexusError
+from nexusfs.store import Store
+
+log = logging.getLogger("nexusfs.mount")
+
+
+class MountError(NexusError):
+    """The mount cannot start; the message says why in one sentence."""
+
+
+@dataclass
+class MountOptions:
+    allow_other: bool | None = None  # None: on when running as root
+    writeback_cache: bool = True
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    negative_timeout: float = 1.0
+    debug: bool = False
+    nonempty: bool = False
+    extra: list[str] = field(default_factory=list)  # further FUSE options
+
+
+def fuse_available() -> str | None:
+    """None if FUSE can be used here, else a sentence saying what is missing."""
+    if not os.path.exists("/dev/fuse"):
+        return "FUSE is not available: /dev/fuse is missing (load the fuse kernel module, or run where FUSE is allowed)"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError:
+        return "FUSE support is not installed: pip install 'nexusfs[mount]' (needs the fuse3 and libfuse3-dev packages)"
+    if os.getuid() != 0 and shutil.which("fusermount3") is None:
+        return "fusermount3 is missing: install the fuse3 package"
+    return None
+
+
+def check_mountpoint(mountpoint: str, *, nonempty: bool = False) -> str:
+    path = os.path.abspath(os.path.expanduser(mountpoint))
+    if not os.path.exists(path):
+        raise MountError(f"mountpoint {path} does not exist (create it with mkdir first)")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if is_mounted(path):
+        raise MountError(f"{path} is already a mount point")
+    if not nonempty and os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty")
+    if not os.access(path, os.W_OK) and os.getuid() != 0:
+        raise MountError(f"you cannot write to mountpoint {path}")
+    return path
+
+
+def _unescape(field_: str) -> str:
+    return field_.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def mounts() -> list[tuple[str, str, str]]:
+    """(source, mountpoint, type) of every mounted filesystem."""
+    out = []
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    out.append((_unescape(parts[0]), _unescape(parts[1]), parts[2]))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def is_mounted(path: str) -> bool:
+    path = os.path.abspath(path)
+    return any(mp == path for _src, mp, _t in mounts())
+
+
+def fsname(config: Config) -> str:
+    return "nexus:" + config.home
+
+
+def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: int | None = None) -> None:
+    """Mount in this process and serve until unmounted or signalled; flushes everything on exit."""
+    problem = fuse_available()
+    if problem:
+        raise MountError(problem)
+    import pyfuse3
+    import trio
+
+    from .ops import NexusOperations
+
+    path = check_mountpoint(mountpoint, nonempty=opts.nonempty)
+    store = Store.open(config, create=True)
+    try:
+        with store.exclusive(f"mounted at {path}"):
+            orphans = store.meta.orphans()
+            for ino in orphans:
+                store.meta.purge_inode(ino)
+            if orphans:
+                log.info("removed %d files that were deleted while open before the last shutdown", len(orphans))
+            ops = NexusOperations(
+                store.vfs,
+                attr_timeout=opts.attr_timeout,
+                entry_timeout=opts.entry_timeout,
+                negative_timeout=opts.negative_timeout,
+                writeback_cache=opts.writeback_cache,
+            )
+            fuse_opts = {f"fsname={fsname(config)}", "subtype=nexus", "default_permissions", "noatime"}
+            allow_other = opts.allow_other if opts.allow_other is not None else os.getuid() == 0
+            if allow_other:
+                fuse_opts.add("allow_other")
+            if opts.debug:
+                fuse_opts.add("debug")
+            fuse_opts.update(opts.extra)
+            try:
+                pyfuse3.init(ops, path, fuse_opts)
+            except RuntimeError as exc:
+                raise MountError(f"mounting {path} failed: {exc}") from None
+            log.info("store %s mounted at %s", config.home, path)
+            try:
+                trio.run(_serve, ready_fd)
+            finally:
+                log.info("unmounting %s and writing out all data", path)
+                pyfuse3.close(unmount=True)
+                store.vfs.sync()
+    finally:
+        store.close()
+    log.info("store %s closed", config.home)
+
+
+async def _serve(ready_fd: int | None) -> None:
+    import pyfuse3
+    import trio
+
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async for sig in signals:
+                    log.info("received %s, unmounting", signal.Signals(sig).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(watch_signals)
+        if ready_fd is not None:
+            _notify(ready_fd, "OK")
+        await pyfuse3.main(min_tasks=2, max_tasks=64)
+        nursery.cancel_scope.cancel()
+
+
+def _notify(fd: int, message: str) -> None:
+    try:
+        os.write(fd, (message.replace("\n", " ") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def mount_in_background(config: Config, mountpoint: str, child_args: list[str], timeout: float = 60.0) -> str:
+    """Start a mount process and return once the filesystem is live (or raise its error)."""
+    problem = fuse_available()
+    if problem:
+        raise MountError(problem)
+    path = check_mountpoint(mountpoint)
+    os.makedirs(config.home, exist_ok=True)
+    log_path = os.path.join(config.home, "mount.log")
+    r, w = os.pipe()
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mount", *child_args, "--ready-fd", str(w)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=logf,
+            pass_fds=(w,),
+            start_new_session=True,
+        )
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            import select
+
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.terminate()
+                raise MountError(f"the mount did not come up within {timeout:.0f}s (see {log_path})")
+            ready, _, _ = select.select([r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        os.close(r)
+    line = buf.decode(errors="replace").strip()
+    if line == "OK":
+        return path
+    proc.wait(timeout=30)
+    if line.startswith("ERR "):
+        raise MountError(line[4:])
+    raise MountError(f"the mount process exited with status {proc.returncode} (see {log_path})")
+
+
+def unmount(mountpoint: str, *, timeout: float = 120.0) -> None:
+    """Unmount and wait until the mount process has written everything out and exited."""
+    path = os.path.abspath(os.path.expanduser(mountpoint))
+    entry = next(((src, t) for src, mp, t in mounts() if mp == path), None)
+    if entry is None:
+        raise MountError(f"{path} is not mounted")
+    src, fstype = entry
+    if fstype != "fuse.nexus":
+        raise MountError(f"{path} is not a nexusfs mount (it is {fstype})")
+    home = src[len("nexus:") :] if src.startswith("nexus:") else None
+    pid = _mount_pid(home) if home else None
+    cmd = ["fusermount3", "-u", path] if shutil.which("fusermount3") else ["umount", path]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and os.getuid() == 0 and cmd[0] != "umount":
+        res = subprocess.run(["umount", path], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = (res.stderr or res.stdout).strip().splitlines()
+        raise MountError(f"cannot unmount {path}: {msg[-1] if msg else 'unknown error'}")
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise MountError(f"unmounted {path}, but mount process {pid} is still writing out data")
+            time.sleep(0.05)
+
+
+def _mount_pid(home: str) -> int | None:
+    try:
+        with open(os.path.join(home, "mount.lock"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return None
+    parts = text.rsplit("pid ", 1)
+    if len(parts) == 2 and parts[1].strip().isdigit():
+        return int(parts[1].strip())
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def report_failure(ready_fd: int | None, exc: BaseException) -> None:
+    """Tell a waiting parent (background mode) why the mount failed."""
+    if ready_fd is not None:
+        _notify(ready_fd, "ERR " + (str(exc) or exc.__class__.__name__))
+
+
+__all__ = [
+    "MountError",
+    "MountOptions",
+    "check_mountpoint",
+    "fuse_available",
+    "is_mounted",
+    "mount_in_background",
+    "run_mount",
+    "unmount",
+]

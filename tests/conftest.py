@@ -1,0 +1,90 @@
+"""Shared fixtures. Every test gets its own store in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import nexusfs
+from nexusfs.store import Store
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test may touch the real ~/.local/share/nexus."""
+    monkeypatch.setenv("NEXUS_HOME", str(tmp_path / "default-home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def store_dir(tmp_path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def nx(store_dir):
+    """A fresh store through the Python API (small blocks so tests cross block boundaries)."""
+    conn = nexusfs.connect(store_dir, block_size=64 * 1024, inline_max=1024, cache_size=1 << 20,
+                           dirty_limit=1 << 20)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def store(nx) -> Store:
+    """The Store behind ``nx`` (metadata engine, VFS, blob store)."""
+    return nx.store
+
+
+def pytest_report_header(config):
+    return f"nexusfs {nexusfs.__version__}, uid {os.getuid()}"
+
+
+# ---------------------------------------------------------------- mounted tests
+from tests.mountutil import MountedStore, fuse_usable  # noqa: E402
+
+_FUSE_PROBLEM = fuse_usable()
+
+
+def _start_mount(tmp_path_factory, name: str, **kw) -> MountedStore:
+    if _FUSE_PROBLEM:
+        pytest.skip(f"no FUSE here: {_FUSE_PROBLEM}")
+    base = tmp_path_factory.mktemp(name)
+    # world-readable so permission tests that drop to `nobody` can reach the mountpoint
+    os.chmod(base, 0o755)
+    m = MountedStore(str(base / "store"), str(base / "mnt"), **kw)
+    m.start()
+    os.chmod(m.mountpoint, 0o777)
+    return m
+
+
+@pytest.fixture
+def mnt(tmp_path_factory):
+    """A fresh store mounted in a temp dir; always unmounted afterwards, even on failure."""
+    m = _start_mount(tmp_path_factory, "mnt")
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_mount(tmp_path_factory):
+    """One mount per test module (cheaper); use ``mdir`` for a private directory in it."""
+    m = _start_mount(tmp_path_factory, "shared")
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture
+def mdir(shared_mount, request):
+    """A fresh, world-writable directory on the module's shared mount."""
+    path = shared_mount.path(request.node.name.replace("/", "_")[:200])
+    os.mkdir(path)
+    os.chmod(path, 0o777)
+    return path

@@ -23,8 +23,13 @@ setup() {
   fi
   local stamp=$VENV/.nexusfs-installed
   if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e '.[mount,test]'
+    echo "nexusfs: installing Python packages into $VENV" >&2
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e '.[mount,test]'; } >"$VENV/install.log" 2>&1; then
+      tail -n 30 "$VENV/install.log" >&2
+      echo "nexusfs: installing Python packages failed (full log: $VENV/install.log)" >&2
+      exit 1
+    fi
     touch "$stamp"
   fi
 }

@@ -2,7 +2,7 @@
 
 A blob store maps opaque string keys to immutable byte strings. It knows
 nothing about files, inodes or SQL: the engine decides what a key means.
-Keys are made of ``[0-9a-zA-Z._-]`` characters; stores may reject others.
+Keys are made of ``[0-9a-zA-Z._-]`` characters and do not start with ``.``; stores may reject others.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-KEY_RE = re.compile(r"^[0-9A-Za-z._-]{1,200}$")
+#: 1-200 characters; not starting with '.' (no '.', '..' or names like temporary files)
+KEY_RE = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z._-]{0,199}")
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ class BlobInfo:
 
 
 def check_key(key: str) -> str:
-    if not KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise ValueError(f"invalid blob key {key!r}")
     return key
 

@@ -576,6 +576,8 @@ class Nexus:
             return []
         out: list[Any] = []
         skip = len(base) + (0 if base == "/" else 1)
+        if g.literal_prefix and g.match(start[skip:], True):
+            out.append(_info(start, top) if attrs else start)  # 'a/**' matches 'a' itself
         stack = [(start, top.ino, len(g.literal_prefix))]
         while stack:
             dpath, dino, depth = stack.pop()

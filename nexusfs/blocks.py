@@ -14,6 +14,7 @@ same object share one download.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -28,6 +29,9 @@ from .meta import schema
 from .meta.engine import MetadataEngine, ObjectRef
 
 Buffer = bytes | bytearray | memoryview
+
+#: how many recent uploads (digests) are remembered for sharing before they are committed
+_UPLOADS_KEPT = 4096
 
 
 class WouldBlock(Exception):
@@ -108,6 +112,10 @@ class BlockLayer:
         self._cache: LRUCache[int, Buffer] = LRUCache(maxsize=cache_bytes, getsizeof=len)
         self._cache_lock = threading.Lock()
         self._inflight: dict[int, Future[Buffer]] = {}
+        #: blocks this process uploaded (or is uploading) by (digest, size): such objects
+        #: stay pending until a file commits them, so take_live_object cannot find them yet
+        self._uploads: OrderedDict[tuple[bytes, int], Future[ObjectRef]] = OrderedDict()
+        self._uploads_lock = threading.Lock()
         self.stats = {"uploads": 0, "dedup_hits": 0, "fetches": 0, "cache_hits": 0}
 
     def close(self) -> None:
@@ -127,6 +135,41 @@ class BlockLayer:
             self.stats["dedup_hits"] += 1
             self._cache_put(ref.id, data)
             return ref
+        # The same content may be uploading or uploaded but not yet committed (identical
+        # blocks of one file, or of files written together): share that upload.
+        key = (h, len(data))
+        while True:
+            with self._uploads_lock:
+                fut = self._uploads.get(key)
+                if fut is None:
+                    fut = self._uploads[key] = Future()
+                    while len(self._uploads) > _UPLOADS_KEPT:
+                        self._uploads.popitem(last=False)
+                    break  # ours to upload
+                self._uploads.move_to_end(key)
+            try:
+                ref = fut.result()
+            except Exception:  # noqa: BLE001 - that upload failed: forget it
+                ref = None
+            if ref is not None and self.meta.touch_object(ref.id):
+                self.stats["dedup_hits"] += 1
+                self._cache_put(ref.id, data)
+                return ref
+            with self._uploads_lock:  # failed, or collected since: forget it
+                if self._uploads.get(key) is fut:
+                    del self._uploads[key]
+        try:
+            ref = self._upload(h, data)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            with self._uploads_lock:
+                if self._uploads.get(key) is fut:
+                    del self._uploads[key]
+            raise
+        fut.set_result(ref)
+        return ref
+
+    def _upload(self, h: bytes, data: bytearray | bytes) -> ObjectRef:
         payload, codec = self.codec.encode(data)
         ref = self.meta.reserve_object(h, len(data), len(payload), codec)
         retry(lambda: self.store.put(ref.key, payload))

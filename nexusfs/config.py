@@ -98,8 +98,9 @@ class Config:
             raise ConfigError(f"compression must be zstd or none, not {self.compression!r}")
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
-        if self.dirty_limit < self.block_size:
-            raise ConfigError("dirty_limit must be at least one block")
+        if self.dirty_limit < 64 * KiB:
+            raise ConfigError(f"dirty_limit must be at least 64KiB, not {self.dirty_limit}")
+        # (that it holds a whole block is checked when the store, and so its block size, is open)
 
     @classmethod
     def load(cls, path: str | None = None, *, home: str | None = None, **overrides: object) -> Config:

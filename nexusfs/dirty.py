@@ -15,6 +15,8 @@ class DirtyBuffer:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: the part of ``used`` handed to uploads that have not finished yet
+        self.in_flight = 0
         self._cond = threading.Condition()
 
     def add(self, n: int) -> None:
@@ -29,10 +31,25 @@ class DirtyBuffer:
                 if self.used < self.limit:
                     self._cond.notify_all()
 
+    def start_upload(self, n: int) -> None:
+        """``n`` dirty bytes were handed to an upload; :meth:`finish_upload` when it ends."""
+        with self._cond:
+            self.in_flight += n
+
+    def finish_upload(self, n: int) -> None:
+        with self._cond:
+            self.in_flight -= n
+            self.used -= n
+            self._cond.notify_all()
+
     def has_room(self, n: int = 0) -> bool:
         return self.used + n <= self.limit
 
     def wait_for_room(self, timeout: float | None = None) -> bool:
-        """Block until usage is under the limit; False on timeout."""
+        """Block until usage is under the limit, or no upload is left to finish; False on timeout.
+
+        With nothing in flight, what fills the buffer is partly written blocks of
+        other open files, which no upload will free: waiting longer cannot help.
+        """
         with self._cond:
-            return self._cond.wait_for(lambda: self.used < self.limit, timeout)
+            return self._cond.wait_for(lambda: self.used < self.limit or self.in_flight <= 0, timeout)

@@ -275,6 +275,8 @@ class Fsck:
                 continue
             if self.repair:
                 self.db.execute("DELETE FROM blocks WHERE inode = ? AND idx = ?", (ino, idx))
+                if found is not None:
+                    self.meta._decref(oid)  # noqa: SLF001 - keep the refcount right
             self._problem("blocks", msg, True)
 
     def check_inline(self) -> None:
@@ -325,10 +327,11 @@ class Fsck:
 
     def check_blobs(self, verify_data: bool) -> None:
         """Every object's blob exists, has its recorded size and (verify_data) hashes right."""
-        rows = self.db.query("SELECT id, hash, size, stored_size, codec, refcount FROM objects ORDER BY id")
+        rows = self.db.query(
+            "SELECT id, hash, size, stored_size, codec, refcount, state FROM objects ORDER BY id")
         total = len(rows)
         bad: list[tuple[ObjectRef, str, int]] = []
-        for n, (oid, h, size, stored, codec, refcount) in enumerate(rows, 1):
+        for n, (oid, h, size, stored, codec, refcount, state) in enumerate(rows, 1):
             ref = ObjectRef(oid, bytes(h), size, stored, codec)
             if verify_data:
                 problem = self.store.vfs.blocks.verify_object(ref)
@@ -338,6 +341,8 @@ class Fsck:
                     problem = None if info.size == stored else f"stored size {info.size} != recorded {stored}"
                 except KeyError:
                     problem = "missing"
+            if problem == "missing" and state == OBJECT_PENDING and refcount == 0:
+                problem = None  # an upload under way or interrupted: garbage for gc, not damage
             if problem is not None:
                 bad.append((ref, problem, refcount))
             if n % 200 == 0 or n == total:
@@ -349,6 +354,7 @@ class Fsck:
                 if self.repair:
                     with self.db.transaction():
                         self.db.execute("DELETE FROM objects WHERE id = ? AND refcount = 0", (ref.id,))
+                    self.blobs.delete(ref.key)  # a damaged blob is of no use
                 self._problem("blobs", what + "; the object was unreferenced", True)
                 continue
             twin = self.db.query_value(
@@ -368,6 +374,7 @@ class Fsck:
                     else:
                         self.db.execute("DELETE FROM blocks WHERE object = ?", (ref.id,))
                     self.db.execute("DELETE FROM objects WHERE id = ?", (ref.id,))
+                self.blobs.delete(ref.key)  # a damaged blob is of no use
                 self.store.vfs.blocks.forget_cached(ref.id)
             self._problem("blobs", what + fix, True)
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from backends import BlobStoreError, LocalBlobStore, open_blob_store
 
 from .config import Config
-from .errors import StoreError
+from .errors import ConfigError, StoreError
 from .meta.db import Database, open_database
 from .meta.engine import MetadataEngine
 from .vfs import VFS
@@ -42,6 +42,7 @@ class Store:
             if not meta.is_initialised():
                 if not create:
                     raise StoreError(f"no nexusfs store at {config.home} (run `nexus init` first)")
+                _check_dirty_limit(config, config.block_size)
                 meta.initialise(
                     block_size=config.block_size,
                     inline_max=config.inline_max,
@@ -51,6 +52,7 @@ class Store:
                 )
             else:
                 meta.load_settings()
+                _check_dirty_limit(config, meta.block_size)
             try:
                 blobs = open_blob_store(config.blobs, fsync=config.fsync_blobs)
             except BlobStoreError as exc:
@@ -114,6 +116,11 @@ class Store:
         if isinstance(self.blobs, LocalBlobStore):
             return list(self.blobs.list_temporary())
         return []
+
+
+def _check_dirty_limit(config: Config, block_size: int) -> None:
+    if config.dirty_limit < block_size:
+        raise ConfigError(f"dirty_limit ({config.dirty_limit}) must be at least one block ({block_size})")
 
 
 def _looks_initialised(config: Config) -> bool:

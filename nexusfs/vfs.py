@@ -247,9 +247,10 @@ class VFS:
         )
 
     # ------------------------------------------------------------ open files
-    def open(self, ino: int, flags: int, *, update_atime: bool = True) -> int:
-        """Open a regular file; return a handle number."""
-        attr = self.meta.getattr(ino)
+    def open(self, ino: int, flags: int, *, update_atime: bool = True, attr: Attr | None = None) -> int:
+        """Open a regular file; return a handle number. ``attr``: its attributes, if just read."""
+        if attr is None:
+            attr = self.meta.getattr(ino)
         acc = flags & os.O_ACCMODE
         readable = acc in (os.O_RDONLY, os.O_RDWR)
         writable = acc in (os.O_WRONLY, os.O_RDWR)
@@ -273,7 +274,9 @@ class VFS:
             h = Handle(fh, oi, readable, writable, bool(flags & os.O_APPEND))
             self._handles[fh] = h
         try:
-            if writable and flags & os.O_TRUNC and attr.size:
+            # Linux truncates on O_TRUNC whatever the access mode (the caller checked
+            # write permission); the open file's size counts writes not yet committed
+            if flags & os.O_TRUNC and (attr.size or oi.size):
                 self.truncate(ino, 0)
             elif update_atime and readable:
                 t = time.time_ns()
@@ -546,8 +549,13 @@ class VFS:
             self.dirty.release(len(buf) - valid)
             del buf[valid:]
         n = len(buf)
-        fut = self.blocks.submit_stage(buf)
-        fut.add_done_callback(lambda _f, n=n: self.dirty.release(n))
+        self.dirty.start_upload(n)
+        try:
+            fut = self.blocks.submit_stage(buf)
+        except BaseException:
+            self.dirty.finish_upload(n)
+            raise
+        fut.add_done_callback(lambda _f, n=n: self.dirty.finish_upload(n))
         oi.pending[idx] = fut
 
     # -------------------------------------------------------------- truncate

@@ -184,12 +184,14 @@ class SQLiteDatabase(Database):
             return self.conn.execute(sql, params)
         except self._apsw.CorruptError as exc:
             raise StoreError(f"metadata database {self.path} is corrupt: {exc}") from None
+        except self._apsw.ConnectionClosedError:
+            raise StoreError("the store has been closed") from None
 
     def _changes(self) -> int:
         return self.conn.changes()
 
     def _begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._execute("BEGIN IMMEDIATE", ())
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")

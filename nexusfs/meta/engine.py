@@ -426,6 +426,8 @@ class MetadataEngine:
 
     def purge_if_orphan(self, ino: int) -> bool:
         """Delete ``ino`` if it has no names left (called when its last user lets go)."""
+        if self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,)) != 0:
+            return False  # the common case, answered without a write transaction
         with self.db.transaction():
             nlink = self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,))
             if nlink is None or nlink > 0:
@@ -645,6 +647,15 @@ class MetadataEngine:
             if row[5] == 0:
                 self.db.execute("UPDATE objects SET unref_ns = ? WHERE id = ?", (now_ns(), row[0]))
         return ObjectRef(row[0], bytes(row[1]), row[2], row[3], row[4])
+
+    def touch_object(self, oid: int) -> bool:
+        """Before a writer reuses an uploaded object: restart its gc grace period if it is
+        unreferenced. False if the object no longer exists."""
+        with self.db.transaction():
+            if self.db.query_value("SELECT 1 FROM objects WHERE id = ?", (oid,)) is None:
+                return False
+            self.db.execute("UPDATE objects SET unref_ns = ? WHERE id = ? AND refcount = 0", (now_ns(), oid))
+            return True
 
     def reserve_object(self, digest: bytes, size: int, stored_size: int, codec: int) -> ObjectRef:
         """Record a pending object before its blob is uploaded (so its key is fixed and gc knows it)."""

@@ -70,11 +70,15 @@ class GlobPattern:
     depth: int
     #: the walk must enter hidden directories
     hidden: bool
+    #: 'a/**' also matches 'a' itself, but only a directory 'a' (None: no trailing '**')
+    dir_regex: re.Pattern[str] | None = None
 
     def match(self, relpath: str, is_dir: bool = False) -> bool:
         if self.dirs_only and not is_dir:
             return False
-        return self.regex.fullmatch(relpath) is not None
+        if self.regex.fullmatch(relpath) is not None:
+            return True
+        return is_dir and self.dir_regex is not None and self.dir_regex.fullmatch(relpath) is not None
 
 
 def compile_glob(pattern: str) -> GlobPattern:
@@ -82,6 +86,8 @@ def compile_glob(pattern: str) -> GlobPattern:
         raise ValueError("empty glob pattern")
     dirs_only = pattern.endswith("/")
     comps = [c for c in pattern.strip("/").split("/") if c not in ("", ".")]
+    # '**/**' means the same as '**'
+    comps = [c for k, c in enumerate(comps) if not (c == "**" and k and comps[k - 1] == "**")]
     parts: list[str] = []
     last = len(comps) - 1
     for k, comp in enumerate(comps):
@@ -90,14 +96,17 @@ def compile_glob(pattern: str) -> GlobPattern:
                 parts.append(r"(?!\.)[^/]+(?:/(?!\.)[^/]+)*")
             elif k == 0:
                 parts.append(r"(?:(?!\.)[^/]+/)*")
-            elif k == last:
-                parts.append(r"(?:/(?!\.)[^/]+)*")
-            else:
-                parts.append(r"(?:(?!\.)[^/]+/)*")
+            elif k == last:  # one or more components; none: see dir_regex
+                parts.append(r"(?:/(?!\.)[^/]+)+")
+            else:  # 'a/**/b': the separator after 'a', then zero or more 'x/'
+                parts.append(r"/(?:(?!\.)[^/]+/)*")
         else:
             sep = "" if k == 0 or comps[k - 1] == "**" else "/"
             parts.append(sep + _translate_component(comp))
     regex = re.compile("".join(parts), re.DOTALL)
+    dir_regex = None
+    if last > 0 and comps[last] == "**":
+        dir_regex = re.compile("".join(parts[:-1]), re.DOTALL)
     prefix: list[str] = []
     for comp in comps[:-1]:
         if has_magic(comp) or comp == "**":
@@ -111,4 +120,5 @@ def compile_glob(pattern: str) -> GlobPattern:
         recursive="**" in comps,
         depth=len(comps),
         hidden=any(c.startswith(".") for c in comps),
+        dir_regex=dir_regex,
     )

@@ -1,0 +1,331 @@
+"""The local blob store and the retry helper (backends/)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from backends import (
+    BlobNotFound,
+    BlobStoreError,
+    LocalBlobStore,
+    TemporaryStoreError,
+    open_blob_store,
+    retry,
+)
+
+KEY = "0123456789abcdef-1"
+
+
+@pytest.fixture
+def blobs(tmp_path) -> LocalBlobStore:
+    return LocalBlobStore(str(tmp_path / "blobs"), fsync=False)
+
+
+def _files_under(root: str) -> list[str]:
+    out = []
+    for d, _dirs, files in os.walk(root):
+        out.extend(os.path.relpath(os.path.join(d, f), root) for f in files)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- put / get
+def test_put_then_get_returns_the_same_bytes(blobs):
+    blobs.put(KEY, b"hello world")
+    assert blobs.get(KEY) == b"hello world"
+
+
+def test_put_accepts_bytearray_and_memoryview(blobs):
+    blobs.put("aaaa-1", bytearray(b"from bytearray"))
+    blobs.put("bbbb-2", memoryview(b"xxfrom viewxx")[2:-2])
+    assert blobs.get("aaaa-1") == b"from bytearray"
+    assert blobs.get("bbbb-2") == b"from view"
+
+
+def test_empty_blob_round_trips(blobs):
+    blobs.put("empty-1", b"")
+    assert blobs.exists("empty-1")
+    assert blobs.get("empty-1") == b""
+    assert blobs.stat("empty-1").size == 0
+
+
+def test_large_blob_round_trips(blobs):
+    data = os.urandom(3 << 20)
+    blobs.put(KEY, data)
+    assert blobs.get(KEY) == data
+
+
+def test_get_of_missing_key_raises_blob_not_found(blobs):
+    with pytest.raises(BlobNotFound) as ei:
+        blobs.get("nope-1")
+    assert ei.value.key == "nope-1"
+    # BlobNotFound is also a KeyError and a BlobStoreError
+    assert isinstance(ei.value, KeyError)
+    assert isinstance(ei.value, BlobStoreError)
+
+
+def test_fsync_enabled_store_round_trips(tmp_path):
+    s = LocalBlobStore(str(tmp_path / "b"), fsync=True)
+    s.put(KEY, b"durable")
+    assert s.get(KEY) == b"durable"
+
+
+# ---------------------------------------------------------------- get_range
+def test_get_range_returns_the_requested_slice(blobs):
+    data = bytes(range(256)) * 4
+    blobs.put(KEY, data)
+    assert blobs.get_range(KEY, 0, 10) == data[:10]
+    assert blobs.get_range(KEY, 100, 50) == data[100:150]
+
+
+def test_get_range_is_short_at_the_end_of_the_blob(blobs):
+    blobs.put(KEY, b"0123456789")
+    assert blobs.get_range(KEY, 7, 100) == b"789"
+    assert blobs.get_range(KEY, 10, 5) == b""
+    assert blobs.get_range(KEY, 50, 5) == b""
+
+
+def test_get_range_of_missing_key_raises_blob_not_found(blobs):
+    with pytest.raises(BlobNotFound):
+        blobs.get_range("nope-1", 0, 1)
+
+
+# ------------------------------------------------------------ delete/exists
+def test_delete_removes_the_blob_and_reports_whether_it_existed(blobs):
+    blobs.put(KEY, b"x")
+    assert blobs.exists(KEY)
+    assert blobs.delete(KEY) is True
+    assert not blobs.exists(KEY)
+    assert blobs.delete(KEY) is False
+    with pytest.raises(BlobNotFound):
+        blobs.get(KEY)
+
+
+def test_exists_is_false_for_never_written_key(blobs):
+    assert blobs.exists("abcdef-9") is False
+
+
+# -------------------------------------------------------------------- stat
+def test_stat_reports_size_and_mtime(blobs):
+    blobs.put(KEY, b"12345")
+    info = blobs.stat(KEY)
+    assert info.key == KEY
+    assert info.size == 5
+    path = os.path.join(blobs.root, KEY[:2], KEY[2:4], KEY)
+    assert info.mtime == pytest.approx(os.stat(path).st_mtime)
+
+
+def test_stat_of_missing_key_raises_blob_not_found(blobs):
+    with pytest.raises(BlobNotFound):
+        blobs.stat("nope-1")
+
+
+# -------------------------------------------------------------------- list
+def test_list_yields_every_blob_with_its_size(blobs):
+    want = {f"{i:04x}cafe-{i}": os.urandom(i * 3) for i in range(1, 40)}
+    for k, v in want.items():
+        blobs.put(k, v)
+    got = {info.key: info.size for info in blobs.list()}
+    assert got == {k: len(v) for k, v in want.items()}
+
+
+def test_list_with_prefix_yields_only_matching_keys(blobs):
+    keys = ["ab01-1", "ab02-2", "abcd-3", "abce-4", "ba00-5", "a-6"]
+    for k in keys:
+        blobs.put(k, b"x")
+    for prefix in ["", "a", "ab", "ab0", "abc", "abcd", "abcd-", "b", "zz"]:
+        got = sorted(i.key for i in blobs.list(prefix))
+        assert got == sorted(k for k in keys if k.startswith(prefix)), prefix
+
+
+def test_list_of_empty_store_is_empty(blobs):
+    assert list(blobs.list()) == []
+
+
+# ---------------------------------------------------------------- layout
+def test_blobs_land_in_two_level_fan_out_directories(blobs):
+    blobs.put("abcdef0123-7", b"data")
+    assert _files_under(blobs.root) == [os.path.join("ab", "cd", "abcdef0123-7")]
+
+
+def test_short_keys_are_padded_into_fan_out_directories(blobs):
+    blobs.put("a", b"1")
+    blobs.put("abc", b"2")
+    assert blobs.get("a") == b"1"
+    assert blobs.get("abc") == b"2"
+    for rel in _files_under(blobs.root):
+        assert rel.count(os.sep) == 2  # ROOT/xx/yy/KEY
+    assert sorted(i.key for i in blobs.list()) == ["a", "abc"]
+
+
+# ------------------------------------------------------------ overwrite
+def test_put_over_an_existing_key_replaces_it_whole(blobs):
+    blobs.put(KEY, b"A" * 100_000)
+    blobs.put(KEY, b"short")
+    assert blobs.get(KEY) == b"short"
+    assert blobs.stat(KEY).size == 5
+    assert len(list(blobs.list())) == 1
+    assert list(blobs.list_temporary()) == []
+
+
+def test_concurrent_overwrites_never_expose_a_torn_blob(blobs):
+    a, b = b"a" * (1 << 20), b"b" * (1 << 20)
+    blobs.put(KEY, a)
+    stop = threading.Event()
+    seen: set[bytes] = set()
+    errors: list[BaseException] = []
+
+    def reader():
+        try:
+            while not stop.is_set():
+                data = blobs.get(KEY)
+                seen.add(data[:1] + data[-1:] + bytes([len(set(data))]) + len(data).to_bytes(4, "big"))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(30):
+            blobs.put(KEY, a if i % 2 else b)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    n = (1 << 20).to_bytes(4, "big")
+    assert seen <= {b"aa\x01" + n, b"bb\x01" + n}
+
+
+def test_a_failed_put_keeps_the_old_blob_and_leaves_no_temp_file(blobs):
+    blobs.put(KEY, b"old content")
+
+    class BadBuffer:
+        """Something memoryview() accepts nothing of: the write fails midway."""
+
+    with pytest.raises(TypeError):
+        blobs.put(KEY, BadBuffer())  # type: ignore[arg-type]
+    assert blobs.get(KEY) == b"old content"
+    assert list(blobs.list_temporary()) == []
+
+
+# ------------------------------------------------------------ invalid keys
+@pytest.mark.parametrize(
+    "key",
+    ["", ".", "..", ".tmp-abc", ".hidden-1", "a/b", "../escape", "with space", "nul\0byte", "ü-1", "x" * 201, "a\\b", "k\n"],
+)
+def test_invalid_keys_are_rejected(blobs, key):
+    with pytest.raises(ValueError):
+        blobs.put(key, b"x")
+    with pytest.raises(ValueError):
+        blobs.get(key)
+    with pytest.raises(ValueError):
+        blobs.exists(key)
+    with pytest.raises(ValueError):
+        blobs.delete(key)
+    assert _files_under(blobs.root) == []
+
+
+def test_keys_of_allowed_characters_are_accepted(blobs):
+    key = "Az09._-" + "x" * 193  # 200 characters, the maximum
+    blobs.put(key, b"ok")
+    assert blobs.get(key) == b"ok"
+
+
+# ------------------------------------------------------------ temp files
+def test_temp_files_of_an_interrupted_put_are_not_listed_as_blobs(blobs):
+    blobs.put("abcd0000-1", b"real")
+    d = os.path.join(blobs.root, "ab", "cd")
+    leftover = os.path.join(d, ".tmp-interrupted")
+    with open(leftover, "wb") as f:
+        f.write(b"half a blob")
+    assert [i.key for i in blobs.list()] == ["abcd0000-1"]
+    assert [i.key for i in blobs.list("abcd")] == ["abcd0000-1"]
+    assert list(blobs.list_temporary()) == [leftover]
+
+
+def test_list_temporary_finds_temp_files_in_every_fan_out_directory(blobs):
+    for key in ("aaaa-1", "bbbb-2"):
+        blobs.put(key, b"x")
+    made = set()
+    for sub in (("aa", "aa"), ("bb", "bb")):
+        p = os.path.join(blobs.root, *sub, ".tmp-x" + sub[0])
+        open(p, "wb").close()
+        made.add(p)
+    assert set(blobs.list_temporary()) == made
+
+
+# ------------------------------------------------------------ misc
+def test_open_blob_store_understands_file_urls_and_plain_paths(tmp_path):
+    a = open_blob_store("file://" + str(tmp_path / "a"))
+    b = open_blob_store(str(tmp_path / "b"))
+    assert isinstance(a, LocalBlobStore) and a.root == str(tmp_path / "a")
+    assert isinstance(b, LocalBlobStore) and b.root == str(tmp_path / "b")
+    with pytest.raises(BlobStoreError, match="unsupported"):
+        open_blob_store("gopher://x/y")
+
+
+def test_capacity_reports_total_and_free_bytes(blobs):
+    cap = blobs.capacity()
+    assert cap is not None
+    total, free = cap
+    assert total > 0 and 0 <= free <= total
+
+
+# ------------------------------------------------------------------- retry
+def test_retry_returns_the_result_after_temporary_failures():
+    calls = []
+
+    def op():
+        calls.append(1)
+        if len(calls) < 3:
+            raise TemporaryStoreError("try again")
+        return "done"
+
+    assert retry(op, base_delay=0) == "done"
+    assert len(calls) == 3
+
+
+def test_retry_gives_up_after_the_last_attempt():
+    calls = []
+
+    def op():
+        calls.append(1)
+        raise TemporaryStoreError("still failing")
+
+    with pytest.raises(TemporaryStoreError):
+        retry(op, attempts=4, base_delay=0)
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("exc", [BlobStoreError("fatal"), BlobNotFound("k"), ValueError("bug"), OSError(5, "io")])
+def test_retry_does_not_retry_other_errors(exc):
+    calls = []
+
+    def op():
+        calls.append(1)
+        raise exc
+
+    with pytest.raises(type(exc)):
+        retry(op, base_delay=0)
+    assert len(calls) == 1
+
+
+def test_retry_uses_a_custom_temporary_predicate():
+    calls = []
+
+    def op():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("flaky")
+        return 42
+
+    assert retry(op, base_delay=0, is_temporary=lambda e: isinstance(e, ConnectionError)) == 42
+    assert len(calls) == 2
+
+
+def test_retry_of_a_successful_call_runs_it_once():
+    calls = []
+    assert retry(lambda: calls.append(1) or "x") == "x"
+    assert calls == [1]

@@ -1,0 +1,623 @@
+"""The ``nexus`` command line: every command, its output, its exit status and its error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import nexusfs
+from nexusfs import cli as cli_mod
+from nexusfs.cli import cli
+
+BS = 64 * 1024
+
+
+class Nexus:
+    """Runs ``nexus --home HOME ...`` in process and checks the exit status."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: bytes | str | None = None, code: int = 0, home: bool = True,
+                 env: dict[str, str] | None = None):
+        argv = (["--home", self.home] if home else []) + list(args)
+        result = self.runner.invoke(cli, argv, input=input, env=env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        assert result.exit_code == code, (argv, result.exit_code, result.output)
+        return result
+
+    def error(self, *args: str, code: int = 1, **kw) -> str:
+        """Run a command that must fail with exactly one ``nexus: error:`` line; return it."""
+        result = self(*args, code=code, **kw)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("nexus: error: "), lines[0]
+        assert "Traceback" not in result.output
+        return lines[0]
+
+
+@pytest.fixture
+def home(tmp_path) -> str:
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+def nexus(home) -> Nexus:
+    run = Nexus(home)
+    run("init", "--block-size", "64KiB", "--inline-max", "1KiB")
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    cli._loaded.clear()
+    yield
+    cli._loaded.clear()
+
+
+def connect(home: str) -> nexusfs.Nexus:
+    return nexusfs.connect(home, create=False)
+
+
+# ------------------------------------------------------------------ help/init
+def test_help_lists_every_command(home):
+    run = Nexus(home)
+    out = run("--help").stdout
+    for name in ("init", "info", "ls", "cat", "put", "get", "write", "rm", "mkdir", "mv", "cp", "stat",
+                 "glob", "grep", "fsck", "gc", "export", "import"):
+        assert re.search(rf"^  {name}\b", out, re.M), name
+        sub = run(name, "--help").stdout
+        assert sub.startswith(f"Usage: nexus {name}")
+    assert not os.path.exists(home)  # --help opens nothing
+
+
+def test_init_creates_once(home):
+    run = Nexus(home)
+    out = run("init", "--block-size", "128KiB", "--inline-max", "2KiB", "--compression", "none").stdout
+    assert f"created a nexusfs store in {home}" in out
+    assert "block size 128.0 KiB" in out
+    again = run("init", "--block-size", "1MiB").stdout
+    assert "already exists" in again and "nothing changed" in again
+    with connect(home) as nx:
+        assert nx.meta.block_size == 128 * 1024
+        assert nx.meta.inline_max == 2048
+        assert nx.meta.settings["compression"] == "none"
+
+
+def test_init_uses_nexus_home_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUS_HOME", str(tmp_path / "from-env"))
+    run = Nexus("unused")
+    assert str(tmp_path / "from-env") in run("init", home=False).stdout
+    assert os.path.exists(tmp_path / "from-env" / "meta.db")
+    run("ls", home=False)
+
+
+def test_init_rejects_bad_settings(home):
+    line = Nexus(home).error("init", "--block-size", "3000")
+    assert "block_size must be a power of two" in line
+    assert "twelve" in Nexus(home).error("init", "--block-size", "twelve")
+
+
+@pytest.mark.parametrize("args", [
+    ["info"], ["ls"], ["cat", "/x"], ["stat", "/"], ["fsck"], ["gc"], ["export"], ["import"],
+    ["put", "/etc/hostname", "/x"], ["write", "/x"], ["rm", "/x"], ["mkdir", "/x"], ["glob", "*"],
+])
+def test_commands_refuse_a_missing_store(home, args):
+    line = Nexus(home).error(*args, input=b"")
+    assert line == f"nexus: error: no nexusfs store at {home} (run `nexus init` first)"
+    assert not os.path.exists(home)
+
+
+def test_grep_on_missing_store_exits_2(home):
+    assert "no nexusfs store" in Nexus(home).error("grep", "x", code=2)
+
+
+# ----------------------------------------------------------------- info
+def test_info_text_and_json(nexus, home):
+    # compressible, and no two 64 KiB blocks alike (so only the copy deduplicates)
+    payload = b"".join(b"%06d" % i + b"abc" * 30 for i in range(3200))[:300000]
+    nexus("write", "/a", input=payload)
+    nexus("cp", "/a", "/b")
+    nexus("mkdir", "/d")
+    nexus("write", "/d/small", input=b"tiny")
+    text = nexus("info").stdout
+    assert re.search(r"^block size:\s+64\.0 KiB$", text, re.M)
+    assert re.search(r"^files:\s+3$", text, re.M)
+    assert re.search(r"^directories:\s+2$", text, re.M)
+    assert re.search(r"^dedup ratio:\s+2\.00x$", text, re.M)  # /b shares /a's blocks
+    assert re.search(r"^compression ratio:\s+\d+\.\d\dx$", text, re.M)
+    assert "KiB" in re.search(r"^logical size:.*$", text, re.M).group(0)
+    data = json.loads(nexus("info", "--json").stdout)
+    assert data["files"] == 3 and data["directories"] == 2 and data["symlinks"] == 0
+    assert data["logical_bytes"] == 2 * 300000 + 4
+    assert data["block_size"] == BS
+    assert data["dedup_ratio"] == 2.0
+    assert data["compression_ratio"] > 10
+
+
+# ------------------------------------------------------------- write / cat
+def test_write_and_cat_stream_stdin(nexus):
+    payload = os.urandom(5 * BS + 123)
+    nexus("write", "/blob", input=payload)
+    assert nexus("cat", "/blob").stdout_bytes == payload
+    nexus("write", "--append", "/blob", input=b"more")
+    assert nexus("cat", "/blob").stdout_bytes == payload + b"more"
+    nexus("write", "/blob", input=b"replaced")
+    nexus("write", "/two", input=b"second\n")
+    assert nexus("cat", "/blob", "/two").stdout_bytes == b"replacedsecond\n"
+    nexus("write", "-p", "/new/dirs/f", input=b"deep")
+    assert nexus("cat", "/new/dirs/f").stdout_bytes == b"deep"
+
+
+def test_write_needs_the_parent(nexus):
+    assert "No such file or directory" in nexus.error("write", "/no/such/f", input=b"x")
+
+
+def test_cat_reports_each_bad_path_and_goes_on(nexus):
+    nexus("write", "/ok", input=b"fine\n")
+    nexus("mkdir", "/dir")
+    result = nexus("cat", "/missing", "/ok", "/dir", code=1)
+    assert result.stdout_bytes == b"fine\n"
+    assert result.stderr.splitlines() == [
+        "nexus: error: /missing: No such file or directory",
+        "nexus: error: /dir: Is a directory",
+    ]
+
+
+# ---------------------------------------------------------------------- ls
+def test_ls_short_long_recursive(nexus, home):
+    nexus("mkdir", "-p", "/top/sub")
+    nexus("write", "/top/b.txt", input=b"12345")
+    nexus("write", "/top/a.txt", input=b"")
+    nexus("write", "/top/.hidden", input=b"")
+    nexus("write", "/top/sub/deep", input=b"x")
+    with connect(home) as nx:
+        nx.symlink("a.txt", "/top/link")
+        nx.chmod("/top/b.txt", 0o640)
+        nx.utime("/top/b.txt", (0, 1_000_000_000 * 86400 * 365 * 30))
+    assert nexus("ls", "/top").stdout.splitlines() == ["a.txt", "b.txt", "link", "sub"]
+    assert ".hidden" in nexus("ls", "-a", "/top").stdout.splitlines()
+    long = nexus("ls", "-l", "/top").stdout.splitlines()
+    uid, gid = os.getuid(), os.getgid()
+    assert re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 1999-12-\d\d \d\d:\d\d b\.txt", long[1]) or \
+        re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 2000-01-0\d \d\d:\d\d b\.txt", long[1])
+    assert re.fullmatch(r"lrwxrwxrwx\s+1 .* link -> a\.txt", long[2])
+    assert re.fullmatch(r"drwxr-xr-x\s+2 .* sub", long[3])
+    rec = nexus("ls", "-R", "/top").stdout
+    assert rec == "/top:\na.txt\nb.txt\nlink\nsub\n\n/top/sub:\ndeep\n"
+    assert nexus("ls", "/top/b.txt").stdout == "/top/b.txt\n"
+    assert nexus("ls", "/top/link").stdout == "/top/link\n"
+    assert nexus("ls", "/").stdout.splitlines() == ["top"]
+
+
+def test_ls_errors_are_one_line(nexus):
+    nexus("write", "/file", input=b"x")
+    assert nexus.error("ls", "/nope") == "nexus: error: /nope: No such file or directory"
+    assert nexus.error("ls", "/file/x") == "nexus: error: /file/x: Not a directory"
+
+
+def test_ls_special_files_and_odd_names(nexus, home):
+    with connect(home) as nx:
+        nx.vfs.create_node(1, b"null", stat.S_IFCHR | 0o666, 0, 0, rdev=os.makedev(1, 3))
+        nx.vfs.create_node(1, b"pipe", stat.S_IFIFO | 0o600, 0, 0)
+        nx.write_bytes(b"/caf\xe9", b"")
+    lines = nexus("ls", "-l", "/").stdout_bytes.splitlines()
+    assert any(re.match(rb"crw-rw-rw-\s+1 .* 1, 3 .* null$", ln) for ln in lines)
+    assert any(re.match(rb"prw-------\s+1 .* pipe$", ln) for ln in lines)
+    assert b"caf\xe9" in nexus("ls", "/").stdout_bytes.splitlines()  # raw bytes, like ls
+
+
+# ----------------------------------------------------------------- put/get
+def make_tree(root: str) -> None:
+    os.makedirs(os.path.join(root, "sub", "deeper"))
+    with open(os.path.join(root, "big.bin"), "wb") as f:
+        f.write(os.urandom(3 * BS + 77))
+    with open(os.path.join(root, "sub", "script.sh"), "w") as f:
+        f.write("#!/bin/sh\necho hi\n")
+    os.chmod(os.path.join(root, "sub", "script.sh"), 0o751)
+    with open(os.path.join(root, "sub", "deeper", "secret"), "w") as f:
+        f.write("private")
+    os.chmod(os.path.join(root, "sub", "deeper", "secret"), 0o600)
+    open(os.path.join(root, "empty"), "w").close()
+    os.makedirs(os.path.join(root, "emptydir"))
+    os.chmod(os.path.join(root, "emptydir"), 0o700)
+    os.symlink("sub/script.sh", os.path.join(root, "link"))
+    os.symlink("/does/not/exist", os.path.join(root, "dangling"))
+    os.link(os.path.join(root, "big.bin"), os.path.join(root, "sub", "hardlink"))
+    for k, (dirpath, dirnames, filenames) in enumerate(sorted(os.walk(root))):
+        for name in filenames + dirnames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.utime(p, ns=(1_600_000_000_000_000_123 + k, 1_500_000_000_000_000_456 + k))
+    os.utime(root, ns=(1_600_000_000_000_000_999, 1_500_000_000_000_000_999))
+
+
+def describe_local(root: str) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            rel = os.path.relpath(p, root)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+            else:
+                with open(p, "rb") as f:
+                    out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_nlink, f.read())
+    return out
+
+
+def test_put_and_get_a_tree_round_trip(nexus, home, tmp_path):
+    src = str(tmp_path / "src")
+    make_tree(src)
+    result = nexus("put", src, "/dest")
+    assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    with connect(home) as nx:
+        assert nx.read_bytes("/dest/sub/script.sh") == b"#!/bin/sh\necho hi\n"
+        assert stat.S_IMODE(nx.stat("/dest/sub/script.sh").mode) == 0o751
+        assert nx.readlink("/dest/link") == "sub/script.sh"
+        assert nx.readlink("/dest/dangling") == "/does/not/exist"
+        assert nx.stat("/dest/big.bin").nlink == 2
+        assert nx.stat("/dest/big.bin").ino == nx.stat("/dest/sub/hardlink").ino
+        assert nx.stat("/dest/big.bin").mtime_ns == os.stat(os.path.join(src, "big.bin")).st_mtime_ns
+        assert nx.stat("/dest").mtime_ns == 1_500_000_000_000_000_999
+        assert stat.S_IMODE(nx.stat("/dest/emptydir").mode) == 0o700
+    out = str(tmp_path / "out")
+    nexus("get", "/dest", out)
+    assert describe_local(out) == describe_local(src)
+    assert os.stat(out).st_mtime_ns == 1_500_000_000_000_000_999
+    # into an existing directory: like cp, the tree goes inside it
+    nexus("mkdir", "/into")
+    nexus("put", src, "/into")
+    with connect(home) as nx:
+        assert nx.read_bytes("/into/src/sub/deeper/secret") == b"private"
+    os.makedirs(tmp_path / "existing")
+    nexus("get", "/into/src", str(tmp_path / "existing"))
+    assert describe_local(str(tmp_path / "existing" / "src")) == describe_local(src)
+
+
+def test_put_and_get_single_files(nexus, tmp_path):
+    local = tmp_path / "one.txt"
+    local.write_bytes(b"one file\n")
+    os.chmod(local, 0o604)
+    nexus("put", str(local), "/a/b/renamed.txt")  # parents are created
+    nexus("mkdir", "/box")
+    nexus("put", str(local), "/box")
+    assert nexus("cat", "/box/one.txt").stdout_bytes == b"one file\n"
+    nexus("get", "/a/b/renamed.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_bytes() == b"one file\n"
+    assert stat.S_IMODE(os.stat(tmp_path / "back.txt").st_mode) == 0o604
+    nexus("get", "/box/one.txt", str(tmp_path))
+    assert nexus("get", "/box/one.txt", "-").stdout_bytes == b"one file\n"
+
+
+def test_put_get_errors(nexus, tmp_path):
+    nexus("write", "/file", input=b"x")
+    missing = str(tmp_path / "missing")
+    assert nexus.error("put", missing, "/x") == f"nexus: error: {missing}: No such file or directory"
+    local = tmp_path / "f"
+    local.write_bytes(b"data")
+    assert "/file" in nexus.error("put", str(local), "/file/sub/f")
+    assert nexus.error("get", "/nope", str(tmp_path / "n")) == "nexus: error: /nope: No such file or directory"
+    assert "No such file or directory" in nexus.error("get", "/file", str(tmp_path / "no" / "dir" / "f"))
+    assert "is a directory" in nexus.error("get", "/", "-")
+
+
+# -------------------------------------------------------------- namespace
+def test_rm_mkdir_mv_cp(nexus, home):
+    nexus("mkdir", "/a")
+    assert "File exists" in nexus.error("mkdir", "/a")
+    nexus("mkdir", "-p", "/a/b/c", "/x/y")
+    nexus("mkdir", "-m", "700", "/private")
+    nexus("write", "/a/b/c/f", input=b"content" * 20000)
+    assert "Is a directory" in nexus.error("rm", "/a")
+    assert "No such file or directory" in nexus.error("rm", "/ghost")
+    nexus("rm", "-f", "/ghost")
+    assert "refusing to remove '/'" in nexus.error("rm", "-r", "/")
+    nexus("cp", "/a/b/c/f", "/copy")
+    assert "is a directory (use -r)" in nexus.error("cp", "/a", "/a2")
+    nexus("cp", "-r", "/a", "/a2")
+    nexus("mkdir", "/into")
+    nexus("cp", "-r", "/a", "/into")
+    nexus("mv", "/copy", "/x/y")
+    nexus("mv", "/a2", "/renamed")
+    nexus("rm", "/x/y/copy")
+    nexus("rm", "-r", "/a")
+    assert "No such file or directory" in nexus.error("mv", "/nope", "/x")
+    with connect(home) as nx:
+        assert sorted(nx.listdir("/")) == ["into", "private", "renamed", "x"]
+        assert nx.read_bytes("/renamed/b/c/f") == b"content" * 20000
+        assert nx.read_bytes("/into/a/b/c/f") == b"content" * 20000
+        assert stat.S_IMODE(nx.stat("/private").mode) == 0o700 & ~nx.umask
+        a = nx.meta.block_map(nx.stat("/renamed/b/c/f").ino)
+        b = nx.meta.block_map(nx.stat("/into/a/b/c/f").ino)
+        assert a and {i: r.id for i, r in a.items()} == {i: r.id for i, r in b.items()}  # cp shares blocks
+        assert nx.listdir("/x/y") == []
+
+
+def test_stat(nexus, home):
+    nexus("write", "/f", input=b"hello")
+    with connect(home) as nx:
+        nx.utime("/f", (1_234_567_890_123_456_789, 987_654_321_000_000_001))
+        nx.setxattr("/f", "user.tag", b"v")
+        nx.symlink("f", "/l")
+    text = nexus("stat", "/f").stdout
+    assert re.search(r"^type:\s+file$", text, re.M)
+    assert re.search(r"^size:\s+5$", text, re.M)
+    assert re.search(r"^mode:\s+0644 \(-rw-r--r--\)$", text, re.M)
+    assert re.search(r"^atime:\s+1234567890123456789 \(2009-02-1\d \d\d:\d\d:\d\d\.123456789\)$", text, re.M)
+    assert re.search(r"^mtime:\s+987654321000000001 ", text, re.M)
+    assert re.search(r"^xattrs:\s+user\.tag$", text, re.M)
+    link = json.loads(nexus("stat", "--json", "/l").stdout)
+    assert link["type"] == "symlink" and link["target"] == "f"
+    followed = json.loads(nexus("stat", "-L", "--json", "/l").stdout)
+    assert followed["type"] == "file" and followed["mtime_ns"] == 987_654_321_000_000_001
+    assert followed["xattrs"] == ["user.tag"]
+    assert nexus.error("stat", "/missing") == "nexus: error: /missing: No such file or directory"
+
+
+# ----------------------------------------------------------------- search
+def test_glob(nexus):
+    for p in ("/src/a.py", "/src/pkg/b.py", "/src/c.txt", "/d.py"):
+        nexus("write", "-p", p, input=b"")
+    assert nexus("glob", "**/*.py").stdout.splitlines() == ["/d.py", "/src/a.py", "/src/pkg/b.py"]
+    assert nexus("glob", "*.py", "/src").stdout.splitlines() == ["/src/a.py"]
+    assert nexus("glob", "*.rs", code=1).stdout == ""
+
+
+def test_grep_output_and_exit_codes(nexus):
+    nexus("write", "-p", "/src/a.txt", input=b"alpha\nTODO: one\nbeta todo\n")
+    nexus("write", "-p", "/src/b.txt", input=b"nothing here\n")
+    nexus("write", "-p", "/src/sub/c.txt", input=b"TODOS\nx TODO\n")
+    nexus("write", "/bin.dat", input=b"TODO\x00binary")
+    assert nexus("grep", "-n", "TODO").stdout.splitlines() == [
+        "/src/a.txt:2:TODO: one", "/src/sub/c.txt:1:TODOS", "/src/sub/c.txt:2:x TODO"]
+    assert nexus("grep", "TODO", "/src/sub").stdout.splitlines() == ["/src/sub/c.txt:TODOS", "/src/sub/c.txt:x TODO"]
+    assert nexus("grep", "-n", "-w", "TODO", "/src").stdout.splitlines() == [
+        "/src/a.txt:2:TODO: one", "/src/sub/c.txt:2:x TODO"]
+    assert nexus("grep", "-i", "-l", "todo").stdout.splitlines() == ["/src/a.txt", "/src/sub/c.txt"]
+    assert nexus("grep", "-c", "TODO", "/src").stdout.splitlines() == [
+        "/src/a.txt:1", "/src/b.txt:0", "/src/sub/c.txt:2"]
+    assert nexus("grep", "-F", "TODO:", "/src").stdout == "/src/a.txt:TODO: one\n"
+    assert nexus("grep", "-n", "one", "/src/a.txt").stdout == "2:TODO: one\n"  # one file: no name
+    assert nexus("grep", "-c", "TODO", "/src/sub/c.txt").stdout == "2\n"
+    assert nexus("grep", "-v", "-n", "TODO", "/src").stdout.splitlines() == [
+        "/src/a.txt:1:alpha", "/src/a.txt:3:beta todo", "/src/b.txt:1:nothing here"]
+    assert nexus("grep", "-v", "TODO", "/src/sub", code=1).stdout == ""
+    assert nexus("grep", "absent", code=1).stdout == ""
+    assert "invalid regular expression" in nexus.error("grep", "(", code=2)
+    assert nexus.error("grep", "x", "/missing", code=2) == "nexus: error: /missing: No such file or directory"
+
+
+def test_grep_fixed_strings_are_not_regexps(nexus):
+    nexus("write", "/f", input=b"a.b\naxb\n")
+    assert nexus("grep", "-F", "a.b", "/").stdout == "/f:a.b\n"
+    assert nexus("grep", "a.b", "/").stdout == "/f:a.b\n/f:axb\n"
+
+
+# ------------------------------------------------------------- maintenance
+def _blob_files(home: str) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(os.path.join(home, "blobs")):
+        found.extend(os.path.join(dirpath, f) for f in files if not f.startswith("."))
+    return found
+
+
+def test_fsck_clean_then_broken_then_repaired(nexus, home):
+    nexus("write", "/data", input=os.urandom(2 * BS))
+    nexus("write", "/small", input=b"inline")
+    result = nexus("fsck")
+    summary = result.stdout.splitlines()[-1]
+    assert summary.startswith("checked ") and "2 blocks" in summary and "no problems" in summary
+    assert "verified" in summary
+    assert "verified" not in nexus("fsck", "--no-verify-data").stdout
+    os.unlink(_blob_files(home)[0])
+    broken = nexus("fsck", code=4).stdout.splitlines()
+    assert any(line.startswith("[blobs]") and "missing" in line for line in broken)
+    assert "1 problem(s), 0 repaired" in broken[-1]
+    repaired = nexus("fsck", "--repair", code=1).stdout
+    assert "(repaired)" in repaired
+    assert "no problems" in nexus("fsck").stdout
+
+
+def test_gc_frees_unreferenced_blobs(nexus, home):
+    nexus("write", "/a", input=os.urandom(3 * BS))
+    nexus("write", "/keep", input=os.urandom(BS))
+    nexus("rm", "/a")
+    kept = nexus("gc").stdout  # default grace (1h): nothing is old enough
+    assert kept.startswith("freed 0 B: 0 objects")
+    assert len(_blob_files(home)) == 4
+    out = nexus("gc", "--grace", "0s").stdout
+    assert re.match(r"freed 192\.0 KiB: 3 objects, 0 orphan blobs, 0 temporary files", out)
+    assert len(_blob_files(home)) == 1
+    assert "cannot read 'soon' as a duration" in nexus.error("gc", "--grace", "soon")
+
+
+# ------------------------------------------------------------ export/import
+def test_export_import_through_the_cli(nexus, home, tmp_path):
+    nexus("mkdir", "-p", "/proj/docs")
+    nexus("write", "/proj/docs/readme", input=b"read me\n")
+    nexus("write", "/proj/big", input=os.urandom(4 * BS + 1))
+    with connect(home) as nx:
+        nx.symlink("docs/readme", "/proj/link")
+        nx.link("/proj/big", "/proj/big-again")
+        nx.utime("/proj/docs/readme", (111, 222))
+        nx.setxattr("/proj/big", "user.k", b"v")
+    dump = tmp_path / "dump.jsonl"
+    result = nexus("export", "--with-data", "-o", str(dump), "/proj")
+    assert "exported 6 entries" in result.stderr
+    lines = dump.read_bytes().splitlines()
+    assert json.loads(lines[0])["type"] == "header" and json.loads(lines[-1])["type"] == "end"
+    assert nexus("export", "/proj").stdout_bytes.splitlines()[1:-1] == [
+        ln for ln in lines[1:-1] if json.loads(ln)["type"] != "object"]
+
+    other = Nexus(str(tmp_path / "other"))
+    other("init", "--block-size", "128KiB")
+    out = other("import", "--under", "/restored", str(dump)).stdout
+    assert "imported 6 entries" in out and "1 hard links" in out and "1 symlinks" in out
+    with connect(str(tmp_path / "other")) as nx, connect(home) as src:
+        assert nx.read_bytes("/restored/big") == src.read_bytes("/proj/big")
+        assert nx.stat("/restored/big").nlink == 2
+        assert nx.getxattr("/restored/big", "user.k") == b"v"
+        assert nx.readlink("/restored/link") == "docs/readme"
+        fi = nx.stat("/restored/docs/readme")
+        assert (fi.atime_ns, fi.mtime_ns) == (111, 222)
+    assert "no problems" in other("fsck").stdout
+
+    # from stdin, into the root of a third store
+    third = Nexus(str(tmp_path / "third"))
+    third("init", "--block-size", "64KiB")
+    third("import", input=dump.read_bytes())
+    assert third("cat", "/docs/readme").stdout_bytes == b"read me\n"
+    # an export without data cannot go to a store with other blobs
+    plain = nexus("export", "/proj").stdout_bytes
+    fourth = Nexus(str(tmp_path / "fourth"))
+    fourth("init", "--block-size", "64KiB")
+    assert "missing from the blob store" in fourth.error("import", input=plain)
+
+
+def test_import_errors_are_one_line(nexus, tmp_path):
+    dump = nexus("export", "--with-data").stdout_bytes
+    assert "incomplete" in nexus.error("import", "--under", "/t", input=dump.splitlines(keepends=True)[0])
+    assert "not a nexusfs export" in nexus.error("import", input=b'{"hello": 1}\n')
+    assert "line 1: not a JSON record" in nexus.error("import", input=b"garbage\n")
+    missing = str(tmp_path / "nope.jsonl")
+    assert nexus.error("import", missing) == f"nexus: error: {missing}: No such file or directory"
+    assert nexus.error("export", "/nope") == "nexus: error: /nope: No such file or directory"
+
+
+# ------------------------------------------------------------------ errors
+def test_bad_config_yaml(home, tmp_path):
+    cfg = tmp_path / "nexus.yaml"
+    cfg.write_text("block_size: [unclosed\n")
+    line = Nexus(home).error("--config", str(cfg), "info")
+    assert line == f"nexus: error: config file {cfg} is not valid YAML (line 2)"
+    cfg.write_text("no_such_setting: 1\n")
+    assert "unknown setting 'no_such_setting'" in Nexus(home).error("--config", str(cfg), "init")
+    assert "does not exist" in Nexus(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
+
+
+def test_config_file_names_the_store(tmp_path):
+    cfg = tmp_path / "nexus.yaml"
+    cfg.write_text("home: via-config\nblock_size: 256KiB\n")
+    run = Nexus("unused")
+    assert "block size 256.0 KiB" in run("--config", str(cfg), "init", home=False).stdout
+    assert os.path.exists(tmp_path / "via-config" / "meta.db")
+
+
+def test_corrupt_metadata_database(nexus, home):
+    nexus("write", "/f", input=b"x")
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(os.path.join(home, "meta.db" + suffix)):
+            os.unlink(os.path.join(home, "meta.db" + suffix))
+    with open(os.path.join(home, "meta.db"), "wb") as f:
+        f.write(b"this is not a database at all" * 100)
+    line = nexus.error("ls")
+    assert "is not a nexusfs metadata database" in line
+    assert "is not a nexusfs metadata database" in nexus.error("init")
+    assert "not a nexusfs metadata database" in nexus.error("grep", "x", code=2)
+
+
+def test_debug_env_shows_the_exception(home):
+    result = CliRunner().invoke(cli, ["--home", home, "ls"], env={"NEXUS_DEBUG": "1"})
+    assert isinstance(result.exception, nexusfs.StoreError)
+
+
+def test_usage_errors_use_click_status(nexus):
+    result = nexus("ls", "--bogus", code=2)
+    assert "No such option" in result.stderr
+    assert nexus("frobnicate", code=2).stderr.startswith("Usage:")
+
+
+# ----------------------------------------------------------------- plugins
+@click.command("hello")
+@click.argument("name")
+def hello_plugin(name: str) -> None:
+    """Say hello (a test plugin)."""
+    nx = cli_mod.open_store()
+    click.echo(f"hello {name} from {nx.store.config.home}")
+
+
+def test_plugins_are_loaded_lazily_and_broken_ones_do_not_break_the_cli(nexus, monkeypatch):
+    eps = [
+        EntryPoint("broken", "no_such_module_for_nexus_tests:command", cli_mod.PLUGIN_GROUP),
+        EntryPoint("notcmd", "os:getcwd", cli_mod.PLUGIN_GROUP),
+        EntryPoint("hello", "tests.test_cli:hello_plugin", cli_mod.PLUGIN_GROUP),
+    ]
+    monkeypatch.setattr(cli_mod, "entry_points", lambda group: [e for e in eps if e.group == group])
+    listing = nexus("--help").stdout
+    assert re.search(r"^  hello\s+Say hello", listing, re.M)
+    assert re.search(r"^  broken\s+\(unavailable: ModuleNotFoundError", listing, re.M)
+    assert re.search(r"^  notcmd\s+\(unavailable: TypeError", listing, re.M)
+    assert nexus("hello", "world").stdout == f"hello world from {nexus.home}\n"
+    line = nexus.error("broken", "--some", "args")
+    assert "the broken command is unavailable" in line and "no_such_module_for_nexus_tests" in line
+
+
+def test_failing_entry_point_metadata(nexus, monkeypatch):
+    def boom(group):
+        raise RuntimeError("broken metadata")
+
+    monkeypatch.setattr(cli_mod, "entry_points", boom)
+    assert "init" in nexus("--help").stdout
+
+
+# -------------------------------------------------------------- end to end
+def _nexus_argv() -> list[str]:
+    exe = shutil.which("nexus")
+    return [exe] if exe else [sys.executable, "-c", "from nexusfs.cli import main; main()"]
+
+
+def test_console_script_end_to_end(tmp_path):
+    home = str(tmp_path / "e2e")
+    env = {**os.environ, "NEXUS_HOME": str(tmp_path / "unused")}
+    env.pop("NEXUS_DEBUG", None)
+
+    def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(_nexus_argv() + ["--home", home, *args], input=input, capture_output=True,
+                              env=env, timeout=120)
+
+    missing = run("ls")
+    assert missing.returncode == 1
+    assert missing.stderr.decode().strip() == f"nexus: error: no nexusfs store at {home} (run `nexus init` first)"
+    assert run("init").returncode == 0
+    assert run("write", "/hello", input=b"hi there\n").returncode == 0
+    assert run("cat", "/hello").stdout == b"hi there\n"
+    grep = run("grep", "-n", "there")
+    assert (grep.returncode, grep.stdout) == (0, b"/hello:1:hi there\n")
+    assert run("grep", "absent").returncode == 1
+    bad = run("cat", "/hello/x")
+    assert bad.returncode == 1 and bad.stderr == b"nexus: error: /hello/x: Not a directory\n"
+    assert run("--help").returncode == 0
+    dump = run("export", "--with-data").stdout
+    other = str(tmp_path / "e2e-other")
+    imp = subprocess.run(_nexus_argv() + ["--home", other, "init"], capture_output=True, env=env, timeout=120)
+    assert imp.returncode == 0
+    imp = subprocess.run(_nexus_argv() + ["--home", other, "import"], input=dump, capture_output=True,
+                         env=env, timeout=120)
+    assert imp.returncode == 0, imp.stderr
+    cat = subprocess.run(_nexus_argv() + ["--home", other, "cat", "/hello"], capture_output=True, env=env,
+                         timeout=120)
+    assert cat.stdout == b"hi there\n"
+
+
+def test_put_follows_a_symlink_given_as_local(nexus, tmp_path):
+    (tmp_path / "real.txt").write_bytes(b"real content")
+    os.symlink("real.txt", tmp_path / "alias")
+    nexus("put", str(tmp_path / "alias"), "/copied")
+    assert nexus("cat", "/copied").stdout_bytes == b"real content"
+    assert json.loads(nexus("stat", "--json", "/copied").stdout)["type"] == "file"

@@ -76,9 +76,15 @@ def mount_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _root_config() -> Config:
+def _root_options() -> tuple[str | None, str | None]:
+    """(home, config file) from the root command's global options."""
     params = click.get_current_context().find_root().params
-    return Config.load(params.get("config"), home=params.get("home"))
+    return params.get("home"), params.get("config_file") or params.get("config")
+
+
+def _root_config() -> Config:
+    home, config_file = _root_options()
+    return Config.load(config_file, home=home)
 
 
 def _setup_logging(debug: bool) -> None:
@@ -113,10 +119,10 @@ def _do_mount(config: Config, mountpoint: str, background: bool, allow_other: bo
 
 def _child_args(config: Config, mountpoint: str, allow_other: bool | None, writeback_cache: bool,
                 attr_timeout: float, options: tuple[str, ...], debug: bool) -> list[str]:
-    params = click.get_current_context().find_root().params
+    _home, config_file = _root_options()
     args = ["--home", config.home]
-    if params.get("config"):
-        args += ["--config", os.path.abspath(params["config"])]
+    if config_file:
+        args += ["--config", os.path.abspath(config_file)]
     args += [os.path.abspath(os.path.expanduser(mountpoint)), "--foreground"]
     if allow_other is not None:
         args.append("--allow-other" if allow_other else "--no-allow-other")

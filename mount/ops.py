@@ -147,11 +147,11 @@ class NexusOperations(pyfuse3.Operations):
         return self._looked_up(attr)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
-        for ino, n in inode_list:
-            try:
-                self.vfs.unpin(ino, n)
-            except Exception:  # noqa: BLE001 - forget has no way to report errors
-                log.exception("forget of inode %d failed", ino)
+        try:
+            self.vfs.unpin_many(inode_list)
+        except Exception:  # noqa: BLE001 - forget has no way to report errors
+            log.exception("forgetting %d inodes failed", len(inode_list))
+        for ino, _n in inode_list:
             self._cached_version.pop(ino, None)
 
     @_translate
@@ -225,6 +225,22 @@ class NexusOperations(pyfuse3.Operations):
         self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ------------------------------------------------------------ files
+    def _open_flags(self, flags: int) -> int:
+        """Open flags as the VFS must see them.
+
+        With the writeback cache the kernel places appends itself and writes pages
+        back through any writable handle, with explicit offsets (O_APPEND must not
+        move them), and it reads pages through write-only handles to fill partly
+        written pages (so those handles must be readable; the kernel has already
+        checked permissions).
+        """
+        if not self.enable_writeback_cache:
+            return flags
+        flags &= ~os.O_APPEND
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
+        return flags
+
     def _file_info(self, ino: int, fh: int) -> pyfuse3.FileInfo:
         version = self.vfs.data_version(ino)
         keep = self._cached_version.get(ino) == version
@@ -233,10 +249,12 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
-            fh = await _in_thread(self.vfs.open, inode, flags)
+        reading = flags & os.O_ACCMODE != os.O_WRONLY  # (for atime: before _open_flags)
+        flags = self._open_flags(flags)
+        if flags & os.O_TRUNC:
+            fh = await _in_thread(self.vfs.open, inode, flags, update_atime=reading)
         else:
-            fh = self.vfs.open(inode, flags)
+            fh = self.vfs.open(inode, flags, update_atime=reading)
         return self._file_info(inode, fh)
 
     @_translate
@@ -244,7 +262,7 @@ class NexusOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         mode = self._new_mode(parent_inode, mode, ctx)
         attr = self.vfs.create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
-        fh = self.vfs.open(attr.ino, flags & ~os.O_TRUNC, update_atime=False)
+        fh = self.vfs.open(attr.ino, self._open_flags(flags) & ~os.O_TRUNC, update_atime=False, attr=attr)
         entry = self._looked_up(attr)
         return self._file_info(attr.ino, fh), entry
 

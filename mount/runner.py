@@ -103,11 +103,9 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
     store = Store.open(config, create=True)
     try:
         with store.exclusive(f"mounted at {path}"):
-            orphans = store.meta.orphans()
-            for ino in orphans:
-                store.meta.purge_inode(ino)
+            orphans = _purge_orphans(store)
             if orphans:
-                log.info("removed %d files that were deleted while open before the last shutdown", len(orphans))
+                log.info("removed %d files that were deleted while open before the last shutdown", orphans)
             ops = NexusOperations(
                 store.vfs,
                 attr_timeout=opts.attr_timeout,
@@ -128,17 +126,57 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 raise MountError(f"mounting {path} failed: {exc}") from None
             log.info("store %s mounted at %s", config.home, path)
             try:
-                trio.run(_serve, ready_fd)
+                trio.run(_serve, ready_fd, path)
             finally:
                 log.info("unmounting %s and writing out all data", path)
                 pyfuse3.close(unmount=True)
                 store.vfs.sync()
+                # files deleted while still open (or still known to the kernel) go now:
+                # the kernel will never release them
+                _purge_orphans(store)
     finally:
         store.close()
     log.info("store %s closed", config.home)
 
 
-async def _serve(ready_fd: int | None) -> None:
+def _purge_orphans(store: Store) -> int:
+    """Remove inodes that have no names left; returns how many."""
+    orphans = store.meta.orphans()
+    for ino in orphans:
+        store.meta.purge_inode(ino)
+    return len(orphans)
+
+
+#: kernel read-ahead for the mount, KiB. The default (128) makes the kernel send
+#: 128 KiB read requests; 1 MiB requests read files about a third faster here.
+READ_AHEAD_KB = 1024
+
+
+def _raise_readahead(path: str) -> None:
+    """Ask the kernel for large read-ahead on our mount (root only; best effort).
+
+    It must happen after the FUSE handshake, which caps read-ahead at what the
+    kernel offered (its 128 KiB default). The device number comes from
+    /proc/self/mountinfo: stat() of the mountpoint would send a request to this
+    very process.
+    """
+    if os.getuid() != 0:
+        return
+    device = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == path:
+                    device = fields[2]  # the last match is the mount just made
+        if device is not None:
+            with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w", encoding="ascii") as f:
+                f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("could not raise read-ahead for %s: %s", path, exc)
+
+
+async def _serve(ready_fd: int | None, path: str) -> None:
     import pyfuse3
     import trio
 
@@ -148,14 +186,42 @@ async def _serve(ready_fd: int | None) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for sig in signals:
                     log.info("received %s, unmounting", signal.Signals(sig).name)
+                    # Data written to files still open may be only in the kernel's page
+                    # cache (writeback cache): have it written back to us while we still
+                    # serve requests, so the final sync commits it.
+                    with trio.move_on_after(60):
+                        await trio.to_thread.run_sync(_syncfs, path, cancellable=True)
                     pyfuse3.terminate()
                     return
 
+        async def tune_readahead() -> None:
+            await trio.sleep(0.3)  # the handshake is the first request served
+            _raise_readahead(path)
+
         nursery.start_soon(watch_signals)
+        nursery.start_soon(tune_readahead)
         if ready_fd is not None:
             _notify(ready_fd, "OK")
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
+
+
+def _syncfs(path: str) -> None:
+    """syncfs(2) on the filesystem mounted at ``path`` (errors are only logged)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.warning("cannot open %s to write back cached data: %s", path, exc)
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.syncfs(fd) != 0:
+            log.warning("writing back cached data failed: %s", os.strerror(ctypes.get_errno()))
+    finally:
+        os.close(fd)
 
 
 def _notify(fd: int, message: str) -> None:

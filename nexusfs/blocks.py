@@ -42,14 +42,17 @@ def digest(data: Buffer) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def is_zero(data: Buffer, _zeros: dict[int, bytes] = {}) -> bool:  # noqa: B006 - cache of zero runs
-    n = len(data)
-    z = _zeros.get(n)
-    if z is None:
-        z = bytes(n)
-        if len(_zeros) < 64:
-            _zeros[n] = z
-    return data == z
+_ZERO_DIGESTS: dict[int, bytes] = {}
+
+
+def zero_digest(n: int) -> bytes:
+    """The digest of ``n`` zero bytes: a block hashing to it is a hole (no memcmp needed)."""
+    d = _ZERO_DIGESTS.get(n)
+    if d is None:
+        d = digest(bytes(n))
+        if len(_ZERO_DIGESTS) < 256:
+            _ZERO_DIGESTS[n] = d
+    return d
 
 
 class Codec:
@@ -125,15 +128,14 @@ class BlockLayer:
     def stage(self, data: bytearray | bytes) -> ObjectRef | None:
         """Store one block's content; return its ObjectRef, or None for all zeros (a hole).
 
-        ``data`` must not be modified afterwards: it may go into the read cache.
+        ``data`` is not kept: the caller may reuse its memory once this returns.
         """
-        if is_zero(data):
-            return None
         h = digest(data)
+        if h == zero_digest(len(data)):
+            return None
         ref = self.meta.take_live_object(h, len(data))
         if ref is not None:
             self.stats["dedup_hits"] += 1
-            self._cache_put(ref.id, data)
             return ref
         # The same content may be uploading or uploaded but not yet committed (identical
         # blocks of one file, or of files written together): share that upload.
@@ -153,7 +155,6 @@ class BlockLayer:
                 ref = None
             if ref is not None and self.meta.touch_object(ref.id):
                 self.stats["dedup_hits"] += 1
-                self._cache_put(ref.id, data)
                 return ref
             with self._uploads_lock:  # failed, or collected since: forget it
                 if self._uploads.get(key) is fut:
@@ -174,7 +175,6 @@ class BlockLayer:
         ref = self.meta.reserve_object(h, len(data), len(payload), codec)
         retry(lambda: self.store.put(ref.key, payload))
         self.stats["uploads"] += 1
-        self._cache_put(ref.id, data)
         return ref
 
     def submit_stage(self, data: bytearray | bytes) -> Future[ObjectRef | None]:

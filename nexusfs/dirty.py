@@ -53,3 +53,82 @@ class DirtyBuffer:
         """
         with self._cond:
             return self._cond.wait_for(lambda: self.used < self.limit or self.in_flight <= 0, timeout)
+
+
+#: a dirty block that never grows past this stays a plain, exactly sized buffer;
+#: larger ones move into a full-block buffer from the pool
+SMALL_BLOCK = 128 * 1024
+
+
+class BufferPool:
+    """Reusable full-block buffers.
+
+    Filling memory the process already touched is many times faster than fresh
+    memory (which the kernel must fault in page by page), and sequential writes
+    would otherwise allocate a new block-sized buffer for every block.
+    """
+
+    def __init__(self, block_size: int, keep: int) -> None:
+        self.block_size = block_size
+        self.keep = keep
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> bytearray:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return bytearray(self.block_size)
+
+    def put(self, buf: bytearray) -> None:
+        if len(buf) != self.block_size:
+            return
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+
+
+class DirtyBlock:
+    """A block being written: ``buf[:length]`` is its content from the block's start.
+
+    Bytes of ``buf`` past ``length`` are left over from earlier use and never shown.
+    """
+
+    __slots__ = ("buf", "length", "pooled")
+
+    def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
+        self.buf = bytearray(data)
+        self.length = len(self.buf)
+        self.pooled = False
+
+    @property
+    def capacity(self) -> int:
+        return len(self.buf)
+
+    def view(self, length: int | None = None) -> memoryview:
+        return memoryview(self.buf)[: self.length if length is None else min(length, self.length)]
+
+    def write(self, start: int, data: memoryview, pool: BufferPool, zeros: memoryview) -> int:
+        """Copy ``data`` in at ``start`` (zero-filling any gap); returns the capacity added."""
+        end = start + len(data)
+        grown = 0
+        if end > len(self.buf):
+            grown = self._grow(end, pool)
+        mv = memoryview(self.buf)
+        if start > self.length:
+            mv[self.length : start] = zeros[: start - self.length]
+        mv[start:end] = data
+        if end > self.length:
+            self.length = end
+        return grown
+
+    def _grow(self, need: int, pool: BufferPool) -> int:
+        old = len(self.buf)
+        if need <= SMALL_BLOCK and not self.pooled:
+            self.buf.extend(bytes(min(max(need, 2 * old), SMALL_BLOCK) - old))
+        else:
+            big = pool.get()
+            big[: self.length] = memoryview(self.buf)[: self.length]
+            self.buf = big
+            self.pooled = True
+        return len(self.buf) - old

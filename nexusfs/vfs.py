@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from backends import BlobStore
 
 from .blocks import BlockLayer, Buffer, WouldBlock
-from .dirty import DirtyBuffer
+from .dirty import BufferPool, DirtyBlock, DirtyBuffer
 from .errors import FsError, NexusError, fs_error
 from .meta.engine import MetadataEngine, ObjectRef
 from .types import Attr, DirEntry, StatFs
@@ -58,7 +58,7 @@ class OpenInode:
     lock: threading.RLock = field(default_factory=threading.RLock)
     commit_lock: threading.Lock = field(default_factory=threading.Lock)
     #: blocks written since the last staging, by index (content from the block start)
-    dirty: dict[int, bytearray] = field(default_factory=dict)
+    dirty: dict[int, DirtyBlock] = field(default_factory=dict)
     #: blocks handed to the block layer: future -> ObjectRef (or None for a hole)
     pending: dict[int, Future] = field(default_factory=dict)
     #: committed blocks beyond this index have been truncated away (None: no truncation)
@@ -106,6 +106,8 @@ class VFS:
             verify_reads=verify_reads,
         )
         self.dirty = DirtyBuffer(dirty_limit)
+        self.pool = BufferPool(self.block_size, keep=max(2, min(16, dirty_limit // self.block_size)))
+        self._zeros = memoryview(bytes(self.block_size))
         self.readahead_blocks = readahead_blocks
         self._lock = threading.Lock()
         self._open: dict[int, OpenInode] = {}
@@ -130,15 +132,22 @@ class VFS:
             self._pins[ino] = self._pins.get(ino, 0) + n
 
     def unpin(self, ino: int, n: int = 1) -> None:
+        self.unpin_many([(ino, n)])
+
+    def unpin_many(self, items: list[tuple[int, int]]) -> None:
+        """Drop pins (the kernel forgets inodes in batches); remove inodes left with no names."""
+        released = []
         with self._lock:
-            left = self._pins.get(ino, 0) - n
-            if left > 0:
-                self._pins[ino] = left
-                return
-            self._pins.pop(ino, None)
-            still_open = ino in self._open
-        if not still_open:
-            self.meta.purge_if_orphan(ino)
+            for ino, n in items:
+                left = self._pins.get(ino, 0) - n
+                if left > 0:
+                    self._pins[ino] = left
+                    continue
+                self._pins.pop(ino, None)
+                if ino not in self._open:
+                    released.append(ino)
+        if released:
+            self.meta.purge_orphans(released)
 
     def is_pinned(self, ino: int) -> bool:
         return ino in self._pins or ino in self._open
@@ -150,7 +159,7 @@ class VFS:
             attr.size = oi.size
             attr.mtime_ns = oi.mtime_ns
             attr.ctime_ns = max(attr.ctime_ns, oi.ctime_ns)
-            attr.alloc = max(attr.alloc, min(attr.size, attr.alloc + sum(len(b) for b in oi.dirty.values())))
+            attr.alloc = max(attr.alloc, min(attr.size, attr.alloc + sum(b.length for b in oi.dirty.values())))
         return attr
 
     def getattr(self, ino: int) -> Attr:
@@ -334,9 +343,7 @@ class VFS:
         """Forget what a failed commit left in memory (uploaded blobs become garbage for gc)."""
         with oi.lock:
             oi.pending.clear()
-            for buf in oi.dirty.values():
-                self.dirty.release(len(buf))
-            oi.dirty.clear()
+            self._discard_dirty(oi, list(oi.dirty))
 
     def needs_commit(self, fh: int) -> bool:
         """Whether flushing this handle has anything to upload or commit."""
@@ -393,9 +400,9 @@ class VFS:
 
     def _source(self, oi: OpenInode, idx: int) -> Buffer | Future | ObjectRef | None:
         """Where block ``idx`` currently lives (caller holds oi.lock): bytes, a staging, a ref, or a hole."""
-        buf = oi.dirty.get(idx)
-        if buf is not None:
-            return buf
+        blk = oi.dirty.get(idx)
+        if blk is not None:
+            return blk.view()
         fut = oi.pending.get(idx)
         if fut is not None:
             return fut
@@ -438,7 +445,7 @@ class VFS:
                 src = self._source(oi, idx)
                 a = max(offset, idx * bs) - idx * bs
                 b = min(end, (idx + 1) * bs) - idx * bs
-                if isinstance(src, bytearray):
+                if isinstance(src, memoryview):
                     src = bytes(src[a:b])  # dirty buffers change: copy what we need now
                     plan.append((src, 0, b - a))
                 else:
@@ -513,21 +520,10 @@ class VFS:
             for idx in range(first, last + 1):
                 s = max(offset, idx * bs) - idx * bs
                 e = min(end, (idx + 1) * bs) - idx * bs
-                buf = oi.dirty.get(idx)
-                if buf is None:
-                    base = bases.get(idx)
-                    buf = bytearray(base) if base is not None else bytearray()
-                    oi.pending.pop(idx, None)
-                    oi.dirty[idx] = buf
-                    grown = len(buf)
-                else:
-                    grown = 0
-                before = len(buf)
-                if before < s:
-                    buf.extend(bytes(s - before))
-                buf[s:e] = view[pos : pos + e - s]
-                grown += len(buf) - before
-                self.dirty.add(grown)
+                blk = oi.dirty.get(idx)
+                if blk is None:
+                    blk = self._new_dirty(oi, idx, bases.get(idx))
+                self.dirty.add(blk.write(s, view[pos : pos + e - s], self.pool, self._zeros))
                 pos += e - s
                 if e == bs:  # the block is written up to its end: upload it now
                     self._stage_dirty(oi, idx)
@@ -541,22 +537,46 @@ class VFS:
             self.dirty.wait_for_room()
         return n
 
+    def _new_dirty(self, oi: OpenInode, idx: int, base: Buffer | None) -> DirtyBlock:
+        """Start dirty block ``idx`` from ``base`` (its current content, if a write needs it)."""
+        blk = DirtyBlock()
+        if base is not None:
+            self.dirty.add(blk.write(0, memoryview(base), self.pool, self._zeros))
+        oi.pending.pop(idx, None)
+        oi.dirty[idx] = blk
+        return blk
+
+    def _discard_dirty(self, oi: OpenInode, idxs: list[int]) -> None:
+        for idx in idxs:
+            blk = oi.dirty.pop(idx)
+            self.dirty.release(blk.capacity)
+            if blk.pooled:
+                self.pool.put(blk.buf)
+
     def _stage_dirty(self, oi: OpenInode, idx: int) -> None:
         """Hand dirty block ``idx`` to the block layer (caller holds oi.lock)."""
-        buf = oi.dirty.pop(idx)
-        valid = self._valid_len(oi, idx)
-        if len(buf) > valid:
-            self.dirty.release(len(buf) - valid)
-            del buf[valid:]
-        n = len(buf)
+        blk = oi.dirty.pop(idx)
+        n = blk.capacity
         self.dirty.start_upload(n)
         try:
-            fut = self.blocks.submit_stage(buf)
+            fut = self.blocks.submit_stage(blk.view(self._valid_len(oi, idx)))
         except BaseException:
             self.dirty.finish_upload(n)
             raise
-        fut.add_done_callback(lambda _f, n=n: self.dirty.finish_upload(n))
+        fut.add_done_callback(lambda _f, blk=blk: self._staged(blk))
         oi.pending[idx] = fut
+
+    def _staged(self, blk: DirtyBlock) -> None:
+        """An upload ended: its buffer is free again.
+
+        (A future keeps its callbacks, and so this block, for as long as it lives:
+        let go of the memory here.)
+        """
+        self.dirty.finish_upload(blk.capacity)
+        if blk.pooled:
+            self.pool.put(blk.buf)
+        blk.buf = bytearray()
+        blk.length = 0
 
     # -------------------------------------------------------------- truncate
     def truncate(self, ino: int, size: int) -> None:
@@ -581,24 +601,19 @@ class VFS:
     def _truncate_locked(self, oi: OpenInode, size: int) -> None:
         bs = self.block_size
         keep = (size + bs - 1) // bs
-        for idx in [i for i in oi.dirty if i >= keep]:
-            self.dirty.release(len(oi.dirty.pop(idx)))
+        self._discard_dirty(oi, [i for i in oi.dirty if i >= keep])
         for idx in [i for i in oi.pending if i >= keep]:
             del oi.pending[idx]
         if size < oi.size and size % bs:
             idx = size // bs
             cut = size % bs
-            buf = oi.dirty.get(idx)
-            if buf is None:
+            blk = oi.dirty.get(idx)
+            if blk is None:
                 base = self._resolve(self._source(oi, idx), True)
                 if base is not None and len(base) > cut:
-                    buf = bytearray(base[:cut])
-                    self.dirty.add(len(buf))
-                    oi.pending.pop(idx, None)
-                    oi.dirty[idx] = buf
-            elif len(buf) > cut:
-                self.dirty.release(len(buf) - cut)
-                del buf[cut:]
+                    self._new_dirty(oi, idx, base[:cut])
+            elif blk.length > cut:
+                blk.length = cut
         if size < oi.size:
             oi.keep_blocks = keep if oi.keep_blocks is None else min(oi.keep_blocks, keep)
         oi.size = size
@@ -623,9 +638,7 @@ class VFS:
                     and 0 not in oi.pending
                     and (oi.keep_blocks is None or oi.keep_blocks > 0)
                 ):
-                    buf = bytearray(inline)
-                    self.dirty.add(len(buf))
-                    oi.dirty[0] = buf
+                    self._new_dirty(oi, 0, inline)
                 for idx in list(oi.dirty):
                     self._stage_dirty(oi, idx)
                 snapshot = dict(oi.pending)
@@ -683,9 +696,7 @@ class VFS:
             mtime_ns=oi.mtime_ns,
             ctime_ns=oi.ctime_ns,
         )
-        for buf in oi.dirty.values():
-            self.dirty.release(len(buf))
-        oi.dirty.clear()
+        self._discard_dirty(oi, list(oi.dirty))
         oi.pending.clear()
         oi.committed = {}
         oi.inline = content

@@ -40,6 +40,8 @@ INODE_COLS = (
     "alloc, data_version"
 )
 _INODE_COLS_I = ", ".join("i." + c.strip() for c in INODE_COLS.split(","))
+_INODE_COLS_P = ", ".join("p." + c.strip() for c in INODE_COLS.split(","))
+_N_INODE_COLS = len(INODE_COLS.split(","))
 
 #: Called with an inode number: is it still open or known to the kernel? Such
 #: inodes survive losing their last name until they are released.
@@ -314,8 +316,10 @@ class MetadataEngine:
         if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
         with self.db.transaction():
-            p = self._live_dir(parent)
-            if self.lookup_inode(parent, name) is not None:
+            p, existing = self._entry(parent, name)
+            if p.nlink == 0:
+                raise fs_error(errno.ENOENT, "directory has been removed")
+            if existing is not None:
                 raise fs_error(errno.EEXIST, name)
             if p.mode & stat.S_ISGID:
                 gid = p.gid
@@ -366,14 +370,30 @@ class MetadataEngine:
             return attr
 
     # --------------------------------------------------------------- removing
+    def _entry(self, parent: int, name: bytes) -> tuple[Attr, Attr | None]:
+        """(the directory ``parent``, the inode named ``name`` in it or None), in one query;
+        ENOENT / ENOTDIR when ``parent`` is missing or not a directory."""
+        row = self.db.query_one(
+            f"SELECT {_INODE_COLS_P}, {_INODE_COLS_I} FROM inodes p "
+            "LEFT JOIN dentries d ON d.parent = p.id AND d.name = ? "
+            "LEFT JOIN inodes i ON i.id = d.inode WHERE p.id = ?",
+            (name, parent),
+        )
+        if row is None:
+            raise fs_error(errno.ENOENT, f"inode {parent}")
+        n = _N_INODE_COLS
+        p = _attr(row[:n])
+        if not p.is_dir:
+            raise fs_error(errno.ENOTDIR, f"inode {parent}")
+        return p, (None if row[n] is None else _attr(row[n:]))
+
     def unlink(self, parent: int, name: bytes, pinned: PinCheck) -> int:
         """Remove a non-directory name; return its inode. The inode goes once unnamed and unpinned."""
         with self.db.transaction():
-            self._require_dir(parent)
-            ino = self.lookup_inode(parent, name)
-            if ino is None:
+            attr = self._entry(parent, name)[1]
+            if attr is None:
                 raise fs_error(errno.ENOENT, name)
-            attr = self.getattr(ino)
+            ino = attr.ino
             if attr.is_dir:
                 raise fs_error(errno.EISDIR, name)
             t = now_ns()
@@ -407,20 +427,26 @@ class MetadataEngine:
         return self.db.query_one("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)) is not None
 
     def _drop_link(self, ino: int, attr: Attr, t: int, pinned: PinCheck) -> None:
-        self.db.execute("UPDATE inodes SET nlink = nlink - 1, ctime_ns = ? WHERE id = ?", (t, ino))
         if attr.nlink <= 1 and not pinned(ino):
-            self.purge_inode(ino)
+            self.purge_inode(ino, attr.mode)
+        else:
+            self.db.execute("UPDATE inodes SET nlink = nlink - 1, ctime_ns = ? WHERE id = ?", (t, ino))
 
     def _drop_dir(self, ino: int, t: int, pinned: PinCheck) -> None:
         self.db.execute("UPDATE inodes SET nlink = 0, ctime_ns = ? WHERE id = ?", (t, ino))
         if not pinned(ino):
             self.purge_inode(ino)
 
-    def purge_inode(self, ino: int) -> None:
-        """Delete an inode with no names left, with its blocks, xattrs and symlink target."""
+    def purge_inode(self, ino: int, mode: int | None = None) -> None:
+        """Delete an inode with no names left, with its blocks, xattrs and symlink target.
+
+        ``mode`` (if the caller knows it) skips the tables that cannot hold rows for it.
+        """
         with self.db.transaction():
-            self.release_blocks(ino, 0)
-            self.db.execute("DELETE FROM symlinks WHERE inode = ?", (ino,))
+            if mode is None or stat.S_ISREG(mode):
+                self.release_blocks(ino, 0)
+            if mode is None or stat.S_ISLNK(mode):
+                self.db.execute("DELETE FROM symlinks WHERE inode = ?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode = ?", (ino,))
             self.db.execute("DELETE FROM inodes WHERE id = ?", (ino,))
 
@@ -434,6 +460,20 @@ class MetadataEngine:
                 return False
             self.purge_inode(ino)
             return True
+
+    def purge_orphans(self, inos: list[int]) -> int:
+        """Delete those of ``inos`` that have no names left (one transaction); returns how many."""
+        found: list[tuple[int, int]] = []
+        for i in range(0, len(inos), 500):
+            chunk = inos[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found += self.db.query(f"SELECT id, mode FROM inodes WHERE nlink = 0 AND id IN ({marks})", chunk)
+        if found:
+            with self.db.transaction():
+                for ino, mode in found:
+                    if self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,)) == 0:
+                        self.purge_inode(ino, mode)
+        return len(found)
 
     def orphans(self) -> list[int]:
         """Inodes with no names (left behind by a crash while they were open)."""
@@ -603,13 +643,20 @@ class MetadataEngine:
             self.db.execute("UPDATE inodes SET ctime_ns = ? WHERE id = ?", (now_ns(), ino))
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        value = self.db.query_value("SELECT value FROM xattrs WHERE inode = ? AND name = ?", (ino, name))
-        if value is None:
+        # one query answers both "no such inode" and "no such attribute": the kernel
+        # asks for security.capability before every write, so misses are the hot path
+        row = self.db.query_one(
+            "SELECT x.value FROM inodes i LEFT JOIN xattrs x ON x.inode = i.id AND x.name = ? "
+            "WHERE i.id = ?",
+            (name, ino),
+        )
+        if row is None:
+            raise fs_error(errno.ENOENT, f"inode {ino}")
+        if row[0] is None:
             if len(name) > XATTR_NAME_MAX:
                 raise fs_error(errno.ERANGE, "extended attribute name is too long")
-            self.getattr(ino)
             raise fs_error(errno.ENODATA, name)
-        return bytes(value)
+        return bytes(row[0])
 
     def listxattr(self, ino: int) -> list[bytes]:
         rows = self.db.query("SELECT name FROM xattrs WHERE inode = ? ORDER BY name", (ino,))
@@ -634,18 +681,16 @@ class MetadataEngine:
 
         An unreferenced object found this way gets a fresh ``unref_ns``: garbage
         collection then leaves it alone for a whole grace period, long enough for
-        the writer to commit the reference.
+        the writer to commit the reference. A referenced one needs no write: should
+        its last reference go before the writer commits, that too restarts the period.
         """
-        with self.db.transaction():
-            row = self.db.query_one(
-                "SELECT id, hash, size, stored_size, codec, refcount FROM objects "
-                "WHERE hash = ? AND size = ? AND state = ? ORDER BY refcount DESC LIMIT 1",
-                (digest, size, schema.OBJECT_LIVE),
-            )
-            if row is None:
-                return None
-            if row[5] == 0:
-                self.db.execute("UPDATE objects SET unref_ns = ? WHERE id = ?", (now_ns(), row[0]))
+        row = self.db.query_one(
+            "SELECT id, hash, size, stored_size, codec, refcount FROM objects "
+            "WHERE hash = ? AND size = ? AND state = ? ORDER BY refcount DESC LIMIT 1",
+            (digest, size, schema.OBJECT_LIVE),
+        )
+        if row is None or (row[5] == 0 and not self.touch_object(row[0])):
+            return None
         return ObjectRef(row[0], bytes(row[1]), row[2], row[3], row[4])
 
     def touch_object(self, oid: int) -> bool:

@@ -25,8 +25,11 @@ from .config import Config
 from .errors import FsError, NexusError, fs_error
 from .meta.engine import ObjectRef
 from .paths import PathLike
-from .search.grep import GrepMatch, GrepOptions, compile_pattern, is_binary, match_lines
+from .search.grep import GrepMatch, GrepOptions, compile_pattern
+from .search.index import IndexStatus
+from .search.indexer import wait_for_index
 from .search.pattern import compile_glob
+from .search.service import SearchResults
 from .store import Store
 from .types import ROOT_INODE, TIME_NOW, Attr, StoreInfo
 
@@ -605,26 +608,61 @@ class Nexus:
         invert: bool = False,
         max_count: int | None = None,
     ) -> list[GrepMatch]:
-        """Lines matching a regular expression in the files under ``root`` (binary files skipped)."""
+        """Lines matching a regular expression in the files under ``root`` (binary files skipped).
+
+        Exactly what ``LC_ALL=C grep -rn`` reports over the same tree (sorted by path
+        and line); the trigram index only narrows which files are read.
+        """
         opts = GrepOptions(ignore_case=ignore_case, word=word, fixed=fixed, invert=invert)
         try:
-            rx = compile_pattern(pattern, opts)
+            compile_pattern(pattern, opts)
         except ValueError as exc:
             raise FsError(errno.EINVAL, str(exc)) from None
-        attr = self._resolve(root)
-        files = [paths.normalize(root)] if attr.is_reg else sorted(
-            i.path for i in self.walk(root, attrs=True) if i.is_file
-        )
-        out: list[GrepMatch] = []
-        for p in files:
-            data = self.read_bytes(p)
-            if is_binary(data):
-                continue
-            hits = match_lines(rx, data, opts)
-            if max_count is not None:
-                hits = hits[:max_count]
-            out.extend(GrepMatch(p, n, paths.decode(line)) for n, line in hits)
-        return out
+        try:
+            attr = self._resolve(root)
+        except FsError as exc:
+            raise self._err(exc, root) from None
+        self.vfs.sync_open_files()
+        return self.store.searcher.grep(pattern, attr.ino, paths.normalize(root), opts, max_count)
+
+    def search(self, query: str, root: PathLike = "/", *, k: int = 10) -> SearchResults:
+        """Files (and line ranges) under ``root`` ranked by meaning and wording for ``query``.
+
+        ``results.pending`` counts files whose latest content is not indexed yet.
+        """
+        if not query.strip():
+            raise FsError(errno.EINVAL, "empty search query")
+        try:
+            attr = self._resolve(root)
+        except FsError as exc:
+            raise self._err(exc, root) from None
+        if not attr.is_dir:
+            raise fs_error(errno.ENOTDIR, paths.normalize(root))
+        return self.store.searcher.search(query, paths.normalize(root), k)
+
+    # ---------------------------------------------------------------- index
+    def index_status(self) -> IndexStatus:
+        self.store.searcher.prepare()
+        return self.store.searcher.index.status()
+
+    def wait_for_index(self, timeout: float = 60.0) -> bool:
+        """Block until every change so far is indexed (starts this process's indexer)."""
+        self.store.start_indexer().notify()
+        return wait_for_index(self.store.searcher.index, timeout)
+
+    def reindex(self, *, rebuild: bool = False, progress: Any = None) -> int:
+        """Index everything queued now, in this thread; ``rebuild`` first forgets the index."""
+        from .search.indexer import Indexer
+
+        self.store.searcher.prepare()
+        if rebuild:
+            self.store.searcher.index.rebuild()
+        ix = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
+                     embedder=self.config.embedder or None)
+        try:
+            return ix.run_until_idle(progress)
+        finally:
+            ix.stop()
 
     # --------------------------------------------------------- maintenance
     def info(self) -> StoreInfo:

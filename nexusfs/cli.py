@@ -78,6 +78,8 @@ def open_store(ctx: click.Context | None = None, *, create: bool = False, **sett
 
     st = _state(ctx)
     if st.nx is None:
+        # a command is short-lived: it leaves queued index work to the mount (or `nexus index`)
+        settings.setdefault("background_indexing", False)
         st.nx = nexusfs.connect(st.home, config_file=st.config_file, create=create, **settings)
     return st.nx
 
@@ -823,6 +825,60 @@ def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: b
             out(f"{prefix}{m.line_no}:{m.line}" if line_numbers else f"{prefix}{m.line}")
     if not matches:
         raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines.")
+@click.argument("query")
+@click.argument("directory", default="/")
+def search(k: int, as_json: bool, query: str, directory: str) -> None:
+    """Rank the files under DIRECTORY by meaning and wording for QUERY.
+
+    Prints `score path:start-end  snippet` lines, best first; exit 1 if nothing matched.
+    """
+    nx = open_store()
+    results = nx.search(query, directory, k=k)
+    for hit in results:
+        if as_json:
+            out(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
+        else:
+            out(f"{hit.score:.3f} {hit.path}:{hit.start_line}-{hit.end_line}  {hit.snippet}")
+    if results.pending:
+        click.echo(f"nexus: note: {results.pending} file(s) are not indexed yet (run `nexus index`); "
+                   "results may miss them", err=True)
+    if not results:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command("index")
+@click.option("--status", is_flag=True, help="Show what the index holds and what is queued.")
+@click.option("--rebuild", is_flag=True, help="Forget the index and build it again.")
+def index_cmd(status: bool, rebuild: bool) -> None:
+    """Bring the search index up to date now (the mount does this in the background)."""
+    nx = open_store()
+    if status:
+        st = nx.index_status()
+        out(f"queued files:     {st.pending}" + (f" ({st.failing} failing)" if st.failing else ""))
+        out(f"indexed files:    {st.files}")
+        out(f"distinct content: {st.docs}" + (
+            " (" + ", ".join(f"{n} {k}" for k, n in sorted(st.by_kind.items())) + ")" if st.by_kind else ""))
+        out(f"semantic chunks:  {st.chunks}")
+        out(f"embedder:         {st.embedder or 'none'}" + ("" if st.vector_search else " (sqlite-vec missing)"))
+        for ino, err in st.errors:
+            out(f"failing: inode {ino}: {err}")
+        return
+    with progress_bar(unit="file", desc="rebuilding" if rebuild else "indexing") as bar:
+        def tick(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        n = nx.reindex(rebuild=rebuild, progress=tick)
+    st = nx.index_status()
+    out(f"indexed {n} file(s); {st.files} files, {st.docs} distinct contents, {st.chunks} chunks in the index"
+        + (f"; {st.pending} still queued" if st.pending else ""))
 
 
 def _is_binary(nx: Any, path: str) -> bool:

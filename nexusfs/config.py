@@ -78,6 +78,12 @@ class Config:
     fsync_blobs: bool = True
     #: unreferenced blobs are kept this long before gc removes them (seconds)
     gc_grace: float = 3600.0
+    #: keep the search index up to date from a background thread of this process
+    background_indexing: bool = True
+    #: index text for semantic search (embeddings) as well as for grep
+    semantic: bool = True
+    #: embedding model for semantic search (empty: the default model)
+    embedder: str = ""
     #: where the config came from, for messages
     source: str = "defaults"
 
@@ -141,7 +147,7 @@ def _coerce(name: str, raw: object, source: str) -> object:
             return int(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ConfigError(f"{what}: expected a whole number, got {raw!r}") from None
-    if name in ("verify_reads", "fsync_blobs"):
+    if name in ("verify_reads", "fsync_blobs", "background_indexing", "semantic"):
         if isinstance(raw, bool):
             return raw
         if str(raw).lower() in ("true", "yes", "on", "1"):

@@ -27,6 +27,32 @@ class Store:
         self.vfs = vfs
         self.blobs = vfs.store
         self._closed = False
+        self._searcher = None
+        self.indexer = None
+        if config.background_indexing:
+            self.start_indexer()
+
+    # ---------------------------------------------------------------- search
+    @property
+    def searcher(self):
+        """Answers glob/grep/semantic queries (created on first use)."""
+        if self._searcher is None:
+            from .search.service import Searcher
+
+            self._searcher = Searcher(self.meta, self.vfs.blocks, embedder=self.config.embedder or None,
+                                      semantic=self.config.semantic)
+        return self._searcher
+
+    def start_indexer(self):
+        """Run the background indexer in this process (idempotent); returns it."""
+        if self.indexer is None:
+            from .search.indexer import Indexer
+
+            self.indexer = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
+                                   embedder=self.config.embedder or None)
+            self.meta.on_index_enqueued = self.indexer.notify
+            self.indexer.start()
+        return self.indexer
 
     @classmethod
     def open(cls, config: Config, *, create: bool = True) -> Store:
@@ -77,6 +103,9 @@ class Store:
             return
         self._closed = True
         try:
+            if self.indexer is not None:
+                self.meta.on_index_enqueued = None
+                self.indexer.stop()
             self.vfs.close()
             self.db.make_durable()
         finally:

@@ -373,6 +373,12 @@ class VFS:
         self._commit(self._handle(fh).oi)
         self.meta.db.make_durable()
 
+    def sync_open_files(self) -> None:
+        """Commit what open files hold, so queries of committed content see it."""
+        for oi in list(self._open.values()):
+            if oi.modified:
+                self._commit(oi)
+
     def sync(self) -> None:
         """Commit every open file and make everything durable."""
         for oi in list(self._open.values()):

@@ -26,7 +26,7 @@ def store_dir(tmp_path) -> str:
 def nx(store_dir):
     """A fresh store through the Python API (small blocks so tests cross block boundaries)."""
     conn = nexusfs.connect(store_dir, block_size=64 * 1024, inline_max=1024, cache_size=1 << 20,
-                           dirty_limit=1 << 20)
+                           dirty_limit=1 << 20, semantic=False)
     try:
         yield conn
     finally:

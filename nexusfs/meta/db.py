@@ -33,6 +33,7 @@ class Database(ABC):
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._depth = 0
+        self._after_commit: list = []
 
     # -- primitives a dialect implements ---------------------------------
     @abstractmethod
@@ -80,11 +81,23 @@ class Database(ABC):
                 yield self
             except BaseException:
                 self._depth = 0
+                self._after_commit = []
                 self._rollback()
                 raise
             else:
                 self._depth = 0
                 self._commit()
+                callbacks, self._after_commit = self._after_commit, []
+                for fn in callbacks:
+                    fn()
+
+    def after_commit(self, fn) -> None:
+        """Call ``fn`` once the current transaction commits (at once outside one)."""
+        if self._depth:
+            if fn not in self._after_commit:
+                self._after_commit.append(fn)
+        else:
+            fn()
 
     @property
     def in_transaction(self) -> bool:
@@ -177,7 +190,22 @@ class SQLiteDatabase(Database):
             self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         except apsw.NotADBError:
             raise StoreError(f"{path} is not a nexusfs metadata database") from None
-        self._wal_fd: int | None = None
+        self.vector_search = self._load_sqlite_vec()
+
+    def _load_sqlite_vec(self) -> bool:
+        """Load the sqlite-vec extension (vector tables for semantic search) if installed."""
+        try:
+            import sqlite_vec
+        except ImportError:
+            return False
+        try:
+            self.conn.enable_load_extension(True)
+            self.conn.load_extension(sqlite_vec.loadable_path())
+        except self._apsw.Error:
+            return False
+        finally:
+            self.conn.enable_load_extension(False)
+        return True
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Iterator[Row]:
         try:

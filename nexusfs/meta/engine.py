@@ -100,6 +100,8 @@ class MetadataEngine:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.settings: dict[str, str] = {}
+        #: called after a transaction that queued files for indexing commits
+        self.on_index_enqueued: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ setup
     def is_initialised(self) -> bool:
@@ -113,7 +115,7 @@ class MetadataEngine:
             self.db.executescript(ddl)
             t = now_ns()
             settings = {
-                "schema_version": str(schema.SCHEMA_VERSION),
+                "schema_version": "1",
                 "block_size": str(block_size),
                 "inline_max": str(inline_max),
                 "compression": compression,
@@ -449,6 +451,10 @@ class MetadataEngine:
                 self.db.execute("DELETE FROM symlinks WHERE inode = ?", (ino,))
             self.db.execute("DELETE FROM xattrs WHERE inode = ?", (ino,))
             self.db.execute("DELETE FROM inodes WHERE id = ?", (ino,))
+            if mode is None or stat.S_ISREG(mode):
+                # search results must never show a file that is gone
+                self.db.execute("DELETE FROM search_files WHERE inode = ?", (ino,))
+                self.db.execute("DELETE FROM index_jobs WHERE inode = ?", (ino,))
 
     def purge_if_orphan(self, ino: int) -> bool:
         """Delete ``ino`` if it has no names left (called when its last user lets go)."""
@@ -806,6 +812,7 @@ class MetadataEngine:
                 "mtime_ns = COALESCE(?, mtime_ns), ctime_ns = COALESCE(?, ctime_ns) WHERE id = ?",
                 (size, inline, alloc, version + 1, mtime_ns, ctime_ns, ino),
             )
+            self.enqueue_index(ino)
             return version + 1
 
     def clone_content(self, src: int, dst: int) -> None:
@@ -832,6 +839,19 @@ class MetadataEngine:
                 "ctime_ns = ? WHERE id = ?",
                 (row[0], row[1], row[2], version + 1, t, t, dst),
             )
+            self.enqueue_index(dst)
+
+    # ------------------------------------------------------------- search index
+    def enqueue_index(self, ino: int) -> None:
+        """Queue ``ino`` for (re)indexing; part of the caller's transaction."""
+        self.db.execute(
+            "INSERT INTO index_jobs (inode, queued_ns) VALUES (?, ?) ON CONFLICT (inode) DO UPDATE "
+            "SET queued_ns = excluded.queued_ns, attempts = 0, not_before_ns = 0, "
+            "claimed_until_ns = 0, last_error = NULL",
+            (ino, now_ns()),
+        )
+        if self.on_index_enqueued is not None:
+            self.db.after_commit(self.on_index_enqueued)
 
     # ------------------------------------------------------------------- gc
     def garbage_objects(self, older_than_ns: int, limit: int = 1000) -> list[ObjectRef]:

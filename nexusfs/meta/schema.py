@@ -22,7 +22,7 @@ Invariants (``nexus fsck`` checks each one):
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Objects in this state have a row (and so a blob key) but are not yet
 #: referenced by any committed file: an upload is under way or was interrupted.
@@ -155,6 +155,81 @@ CREATE TABLE xattrs (
 ){NOROWID};
 """
 
-#: Migrations from version N to N+1, as DDL (with the same placeholders).
-#: The engine runs them in order when it opens an older store.
-MIGRATIONS: dict[int, str] = {}
+SEARCH_DDL = """
+-- index_jobs: files whose search index entries must be brought up to date. A content
+-- change enqueues its file in the same transaction, so the index can always tell
+-- what it has not caught up with yet.
+--   inode            : the file (it may be gone by the time the job runs)
+--   queued_ns        : when the newest change was enqueued (a job is done only for
+--                      the version it was claimed at)
+--   attempts         : failed attempts so far (retried with growing delays)
+--   not_before_ns    : do not retry before this time
+--   claimed_until_ns : an indexer is working on it until then (a lease: a crashed
+--                      indexer's claims simply expire)
+--   last_error       : the last failure, for `nexus index --status`
+CREATE TABLE index_jobs (
+    inode            BIGINT PRIMARY KEY,
+    queued_ns        BIGINT  NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    not_before_ns    BIGINT  NOT NULL DEFAULT 0,
+    claimed_until_ns BIGINT  NOT NULL DEFAULT 0,
+    last_error       TEXT
+);
+
+-- search_docs: distinct file contents that have been indexed. Identical files share
+-- one doc (content-addressed, like blocks), so copies cost nothing to index.
+--   id         : doc number (rowid of the dialect's full-text and vector tables)
+--   digest     : BLAKE3 over the file's size and block hashes, or its inline content
+--   kind       : 'text' (in the grep index), 'raw' (text that is not UTF-8: always
+--                scanned), 'binary' (skipped by grep), 'pdf' / 'docx' (text extracted for
+--                semantic search only), 'large' (too large to index: always scanned)
+--   size       : content length in bytes
+--   chunks     : number of search_chunks rows (semantic pieces)
+--   indexed_ns : when it was indexed
+CREATE TABLE search_docs (
+    id         {ID},
+    digest     {BLOB}  NOT NULL UNIQUE,
+    kind       TEXT    NOT NULL,
+    size       BIGINT  NOT NULL,
+    chunks     INTEGER NOT NULL DEFAULT 0,
+    indexed_ns BIGINT  NOT NULL
+);
+CREATE INDEX search_docs_by_kind ON search_docs (kind);
+
+-- search_files: the doc each file's content was when it was last indexed.
+--   inode        : the file
+--   doc          : its search_docs row
+--   data_version : inodes.data_version that was indexed; a different current value
+--                  means the entry is stale (and a job is queued)
+CREATE TABLE search_files (
+    inode        BIGINT PRIMARY KEY,
+    doc          BIGINT NOT NULL,
+    data_version BIGINT NOT NULL
+);
+CREATE INDEX search_files_by_doc ON search_files (doc);
+
+-- search_chunks: the pieces of a doc's text that semantic search ranks.
+--   id         : chunk number (rowid of the dialect's vector and BM25 tables)
+--   doc        : the doc
+--   seq        : position within the doc
+--   start_line : first line (1-based) of the piece in the file
+--   end_line   : last line (inclusive)
+--   text       : the piece itself (snippets, BM25)
+CREATE TABLE search_chunks (
+    id         {ID},
+    doc        BIGINT  NOT NULL,
+    seq        INTEGER NOT NULL,
+    start_line INTEGER NOT NULL,
+    end_line   INTEGER NOT NULL,
+    text       TEXT    NOT NULL
+);
+CREATE INDEX search_chunks_by_doc ON search_chunks (doc, seq);
+
+-- every existing file needs indexing once
+INSERT INTO index_jobs (inode, queued_ns) SELECT id, 0 FROM inodes WHERE (mode & 61440) = 32768;
+"""
+
+#: Migrations from version N to N+1, as DDL (with the same placeholders). The engine
+#: runs them in order when it opens an older store; a new store is created at
+#: version 1 and migrated too, so every store is built by the same statements.
+MIGRATIONS: dict[int, str] = {1: SEARCH_DDL}

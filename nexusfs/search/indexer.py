@@ -1,0 +1,253 @@
+"""The background indexer: follows content changes into the search index.
+
+Every content commit queues its file in ``index_jobs`` (same transaction). An
+indexer claims jobs (with a lease, so several processes can share the work and a
+crashed one's claims expire), names each file's content by a digest of its block
+hashes, and indexes each distinct content once: trigrams for grep, chunks with
+BM25 text and embeddings for semantic search. Files with identical content
+share the work. Failures are retried with growing delays and shown by
+``nexus index --status``.
+
+It uses its own database connection, so a long indexing step never holds the
+connection that serves the mount.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..blocks import BlockLayer
+from ..config import Config
+from ..errors import NexusError
+from ..meta.db import open_database
+from ..meta.engine import MetadataEngine
+from .content import content_digest, read_committed
+from .grep import is_binary
+from .index import SearchIndex
+
+log = logging.getLogger("nexusfs.index")
+
+#: text larger than this is not put in the grep index (grep scans it instead)
+MAX_TRIGRAM_BYTES = 16 << 20
+#: files larger than this are not read for indexing at all
+MAX_INDEX_BYTES = 16 << 20
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class IndexedContent:
+    kind: str
+    trigram_text: str | None
+    chunks: list[tuple[int, int, int, str]]
+
+
+class Indexer:
+    def __init__(self, config: Config, blocks: BlockLayer, *, semantic: bool = True,
+                 embedder: str | None = None) -> None:
+        self.config = config
+        self.blocks = blocks
+        self.db = open_database(config.metadata)
+        self.meta = MetadataEngine(self.db)
+        self.meta.load_settings()
+        self.index = SearchIndex(self.db)
+        self.semantic = semantic and self.index.vector_search
+        self.embedder_name = embedder
+        self._embedder: Any = None
+        self._embedder_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tables_ready = False
+        self.indexed = 0
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="nexus-indexer", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        """Content changed in this process: look at the queue now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        self.db.close()
+
+    # ------------------------------------------------------------- embedding
+    def embedder(self) -> Any:
+        """The embedding model (loaded on first use), or None if semantic search is off."""
+        if not self.semantic or self._embedder_error is not None:
+            return None
+        if self._embedder is None:
+            self._embedder, self._embedder_error = load_embedder(self.embedder_name)
+            if self._embedder is None:
+                log.warning("semantic indexing is off: %s", self._embedder_error)
+        return self._embedder
+
+    def prepare(self) -> None:
+        if self._tables_ready:
+            return
+        emb = self.embedder()
+        self.index.ensure_tables(getattr(emb, "name", None), getattr(emb, "dim", None))
+        self._tables_ready = True
+
+    # ------------------------------------------------------------------ work
+    def _loop(self) -> None:
+        idle_rounds = 0
+        while not self._stop.is_set():
+            try:
+                done = self.run_batch()
+            except Exception:  # noqa: BLE001 - the indexer must survive anything
+                log.exception("indexing failed; retrying shortly")
+                done = 0
+                self._stop.wait(5)
+            if done:
+                idle_rounds = 0
+                continue
+            idle_rounds += 1
+            if idle_rounds % 30 == 1:
+                try:
+                    self.index.collect_docs()
+                except Exception:  # noqa: BLE001
+                    log.exception("collecting unused index entries failed")
+            self._wake.wait(timeout=2.0)
+            self._wake.clear()
+
+    def run_batch(self, limit: int = 32) -> int:
+        """Index up to ``limit`` queued files; returns how many jobs were handled."""
+        self.prepare()
+        jobs = self.index.claim_jobs(limit)
+        for job in jobs:
+            if self._stop.is_set():
+                break
+            try:
+                self.index_file(job.inode)
+            except Exception as exc:  # noqa: BLE001 - recorded and retried later
+                log.warning("indexing inode %d failed: %s", job.inode, exc)
+                self.index.fail_job(job, f"{type(exc).__name__}: {exc}")
+                continue
+            self.index.finish_job(job)
+            self.indexed += 1
+        return len(jobs)
+
+    def run_until_idle(self, progress: Progress | None = None) -> int:
+        """Work through the whole queue in the calling thread (``nexus index``)."""
+        self.prepare()
+        total = self.index.pending_count()
+        done = 0
+        while not self._stop.is_set():
+            n = self.run_batch(64)
+            if n == 0:
+                break
+            done += n
+            if progress:
+                progress(done, max(total, done))
+        self.index.collect_docs(limit=1 << 30)
+        return done
+
+    def index_file(self, ino: int) -> None:
+        row = self.db.query_one("SELECT mode, size, data_version FROM inodes WHERE id = ?", (ino,))
+        if row is None or not stat.S_ISREG(row[0]):
+            self.index.drop_file(ino)
+            return
+        _mode, size, version = row
+        for _attempt in range(5):
+            inline = self.meta.read_inline(ino)
+            block_map = {} if inline is not None else self.meta.block_map(ino)
+            row = self.db.query_one("SELECT size, data_version FROM inodes WHERE id = ?", (ino,))
+            if row is None:
+                self.index.drop_file(ino)
+                return
+            if (row[0], row[1]) == (size, version):
+                break
+            size, version = row  # changed while we looked: look again
+        else:
+            raise NexusError(f"inode {ino} keeps changing; will index it later")
+        digest = content_digest(size, inline, block_map)
+        found = self.index.doc_by_digest(digest)
+        if found is None:
+            doc = self._index_content(ino, digest, size, inline, block_map)
+        else:
+            doc = found[0]
+        self.index.set_file(ino, doc, version)
+
+    def _index_content(self, ino: int, digest: bytes, size: int, inline: bytes | None,
+                       block_map: dict) -> int:
+        if size > MAX_INDEX_BYTES:
+            return self.index.add_doc(digest, "large", size, trigram_text=None)
+        data = read_committed(self.meta, self.blocks, ino, size, inline, block_map)
+        content = self.analyse(data, ino)
+        vectors = None
+        emb = self.embedder() if content.chunks else None
+        if emb is not None:
+            vecs = emb.embed([c[3] for c in content.chunks])
+            vectors = [v.astype("float32").tobytes() for v in vecs]
+        return self.index.add_doc(
+            digest, content.kind, size, trigram_text=content.trigram_text,
+            chunks=content.chunks if emb is not None else [], vectors=vectors,
+        )
+
+    def analyse(self, data: bytes, ino: int) -> IndexedContent:
+        """Kind, grep text and semantic chunks of one content."""
+        kind = "text"
+        trigram_text: str | None = None
+        if is_binary(data):
+            kind = "binary"
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                kind = "raw"
+            else:
+                if len(data) > MAX_TRIGRAM_BYTES:
+                    kind = "large"
+                else:
+                    trigram_text = text
+        chunks: list[tuple[int, int, int, str]] = []
+        if self.semantic and data and self.embedder() is not None:
+            from .chunk import chunk_text
+            from .extract import extract_text
+
+            name = self._name_of(ino)
+            extracted = extract_text(data, name)
+            if extracted is not None and extracted.text.strip():
+                if kind == "binary" and extracted.kind in ("pdf", "docx"):
+                    kind = extracted.kind
+                chunks = [(c.seq, c.start_line, c.end_line, c.text) for c in chunk_text(extracted.text)]
+        return IndexedContent(kind, trigram_text, chunks)
+
+    def _name_of(self, ino: int) -> str:
+        name = self.db.query_value("SELECT name FROM dentries WHERE inode = ? LIMIT 1", (ino,))
+        return bytes(name).decode("utf-8", "surrogateescape") if name is not None else ""
+
+
+def load_embedder(name: str | None) -> tuple[Any, str | None]:
+    """(the embedding model, None), or (None, why not) when it cannot be used here."""
+    try:
+        from .embed import get_embedder
+
+        return get_embedder(name), None
+    except (NexusError, ImportError, OSError) as exc:
+        return None, str(exc)
+
+
+def wait_for_index(index: SearchIndex, timeout: float) -> bool:
+    """Block until the queue is empty (tests, ``--wait``); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while index.pending_count():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

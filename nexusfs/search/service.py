@@ -1,0 +1,271 @@
+"""Answering grep and semantic queries with the index, always checked against real content.
+
+grep: the pattern's required trigrams select candidate docs from the trigram
+index; files whose index entry is not current (queued jobs), and content the
+index cannot represent, are added; every candidate is then matched line by line
+on its committed content. Results are therefore exactly those of a full scan,
+whatever state the index is in — the index only makes them fast.
+
+semantic: nearest chunks by embedding and best chunks by BM25 are fused by
+reciprocal rank; only files whose indexed version is their current one are
+reported, and the result says how many files are still waiting to be indexed.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import paths
+from ..blocks import BlockLayer
+from ..meta.engine import MetadataEngine
+from ..types import ROOT_INODE
+from .content import read_committed
+from .grep import GrepMatch, GrepOptions, compile_pattern, is_binary, match_lines, translate_gnu
+from .index import SearchIndex
+from .indexer import load_embedder
+from .literals import fts5_expression, required_query
+
+#: reciprocal-rank-fusion constant
+RRF_K = 60
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One semantic result: a piece of a file, ranked."""
+
+    score: float  # 0..1, higher is better
+    path: str
+    start_line: int
+    end_line: int
+    snippet: str
+
+    def __str__(self) -> str:
+        return f"{self.score:.3f} {self.path}:{self.start_line}-{self.end_line}"
+
+
+class SearchResults(list):
+    """Ranked hits; ``pending`` files were not indexed yet when the query ran."""
+
+    pending: int = 0
+
+
+class Searcher:
+    def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
+                 semantic: bool = True) -> None:
+        self.meta = meta
+        self.blocks = blocks
+        self.index = SearchIndex(meta.db)
+        self.embedder_name = embedder
+        self.semantic = semantic
+        self._ready = False
+
+    def prepare(self) -> None:
+        if not self._ready:
+            emb = self._embedder() if self.semantic else None
+            self.index.ensure_tables(getattr(emb, "name", None), getattr(emb, "dim", None))
+            self._ready = True
+
+    def _embedder(self) -> Any:
+        if not self.semantic or not self.index.vector_search:
+            return None
+        return load_embedder(self.embedder_name)[0]
+
+    # ---------------------------------------------------------------- scope
+    def paths_in_scope(self, ino: int, root: str) -> list[str]:
+        """Every path of ``ino`` that lies under directory ``root``."""
+        out = []
+        prefix = "" if root == "/" else root
+        for parent, name in self.meta.names_of(ino):
+            try:
+                p = paths.join(paths.decode(self.meta.path_of(parent)) if parent != ROOT_INODE else "/", name)
+            except OSError:
+                continue
+            if root == "/" or p.startswith(prefix + "/"):
+                out.append(p)
+        return out
+
+    def files_under(self, root_ino: int, root: str) -> list[tuple[int, str]]:
+        """(inode, path) of every regular file below a directory."""
+        out: list[tuple[int, str]] = []
+        stack = [(root_ino, root)]
+        while stack:
+            dino, dpath = stack.pop()
+            for name, child, mode in self.meta.list_names(dino):
+                p = paths.join(dpath, name)
+                if stat.S_ISDIR(mode):
+                    stack.append((child, p))
+                elif stat.S_ISREG(mode):
+                    out.append((child, p))
+        return out
+
+    # ----------------------------------------------------------------- grep
+    def grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions,
+             max_count: int | None = None) -> list[GrepMatch]:
+        rx = compile_pattern(pattern, opts)
+        attr = self.meta.getattr(root_ino)
+        if attr.is_reg:
+            targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
+        else:
+            targets = self._grep_candidates(pattern, root_ino, root, opts)
+        contents: dict[Any, bytes | None] = {}
+        out: list[GrepMatch] = []
+        for ino, path, doc in targets:
+            key = ("doc", doc) if doc is not None else ("ino", ino)
+            if key not in contents:
+                contents[key] = self._read(ino)
+            data = contents[key]
+            if data is None or is_binary(data):
+                continue
+            hits = match_lines(rx, data, opts)
+            if max_count is not None:
+                hits = hits[:max_count]
+            out.extend(GrepMatch(path, n, paths.decode(line)) for n, line in hits)
+        out.sort(key=lambda m: (m.path, m.line_no))
+        return out
+
+    def _read(self, ino: int) -> bytes | None:
+        row = self.meta.db.query_one("SELECT size FROM inodes WHERE id = ?", (ino,))
+        if row is None:
+            return None
+        try:
+            return read_committed(self.meta, self.blocks, ino, row[0])
+        except OSError:
+            return None
+
+    def _grep_candidates(self, pattern: str, root_ino: int, root: str,
+                         opts: GrepOptions) -> list[tuple[int, str, int | None]]:
+        """(inode, path, doc or None) of the files that may match, each path once."""
+        expr = None
+        if not opts.invert:
+            body = pattern if opts.fixed else translate_gnu(pattern)
+            expr = fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
+        if expr is None:
+            # nothing to narrow by: every file, but each distinct content read once
+            self.prepare()
+            files = self.files_under(root_ino, root)
+            docs = dict(self.index.files_of_docs_for_inodes([i for i, _p in files]))
+            return [(i, p, docs.get(i)) for i, p in files]
+        self.prepare()
+        cands: dict[int, int | None] = {}
+        for ino, doc in self.index.files_of_docs(self.index.trigram_docs(expr)):
+            cands[ino] = doc
+        for ino in self.index.pending_inodes():
+            cands[ino] = None
+        for ino in self.index.always_scan_files():
+            cands.setdefault(ino, None)
+        out: list[tuple[int, str, int | None]] = []
+        for ino, doc in cands.items():
+            for p in self.paths_in_scope(ino, root):
+                out.append((ino, p, doc))
+        return out
+
+    # ------------------------------------------------------------- semantic
+    def search(self, query: str, root: str, k: int = 10) -> SearchResults:
+        self.prepare()
+        results = SearchResults()
+        results.pending = self.index.pending_count()
+        emb = self._embedder()
+        want = max(50, k * 10)
+        ranked: dict[int, float] = defaultdict(float)
+        if emb is not None:
+            qv = emb.embed([query])[0].astype("float32")
+            for rank, (cid, _dist) in enumerate(self.index.nearest_chunks(qv.tobytes(), want)):
+                ranked[cid] += 1.0 / (RRF_K + rank + 1)
+        else:
+            qv = None
+        for rank, (cid, _score) in enumerate(self.index.bm25_chunks(_bm25_expression(query), want)):
+            ranked[cid] += 1.0 / (RRF_K + rank + 1)
+        hits = self._hits(ranked, root, k, query)
+        if len(hits) < k and root != "/":
+            hits = self._scoped_search(query, qv, root, k)
+        results.extend(hits)
+        return results
+
+    def _hits(self, ranked: dict[int, float], root: str, k: int, query: str) -> list[SearchHit]:
+        best = 2.0 / (RRF_K + 1)
+        order = sorted(ranked.items(), key=lambda kv: -kv[1])
+        rows = self.index.chunk_rows(c for c, _s in order)
+        files_cache: dict[int, list[str]] = {}
+        hits: list[SearchHit] = []
+        seen: set[tuple[str, int]] = set()
+        for cid, score in order:
+            row = rows.get(cid)
+            if row is None:
+                continue
+            if row.doc not in files_cache:
+                files_cache[row.doc] = sorted(
+                    p for ino, _d in self.index.files_of_docs([row.doc]) for p in self.paths_in_scope(ino, root)
+                )
+            for p in files_cache[row.doc]:
+                if (p, row.seq) in seen:
+                    continue
+                seen.add((p, row.seq))
+                hits.append(SearchHit(min(1.0, score / best), p, row.start_line, row.end_line,
+                                      _snippet(row.text, query)))
+                if len(hits) >= k:
+                    return hits
+        return hits
+
+    def _scoped_search(self, query: str, qv: Any, root: str, k: int) -> list[SearchHit]:
+        """Rank every chunk of the files under a small scope directly (the global lists missed them)."""
+        import numpy as np
+
+        root_attr = self._resolve_dir(root)
+        if root_attr is None:
+            return []
+        inos = [i for i, _p in self.files_under(root_attr, root)]
+        docs = {d for _i, d in self.index.files_of_docs_for_inodes(inos)}
+        scored: dict[int, float] = defaultdict(float)
+        if qv is not None and docs:
+            rows = self.index.chunk_vectors_of_docs(docs)
+            if rows:
+                mat = np.frombuffer(b"".join(v for _c, v in rows), dtype="float32").reshape(len(rows), -1)
+                sims = mat @ qv
+                for rank, i in enumerate(np.argsort(-sims)[: k * 10]):
+                    scored[rows[int(i)][0]] += 1.0 / (RRF_K + rank + 1)
+        terms = set(_WORD.findall(query.lower()))
+        if terms and docs:
+            for cid, row in self._chunks_of_docs(docs).items():
+                words = _WORD.findall(row.text.lower())
+                tf = sum(1 for w in words if w in terms)
+                if tf:
+                    scored[cid] += 0.5 * tf / (len(words) + 10)
+        return self._hits(scored, root, k, query)
+
+    def _chunks_of_docs(self, docs: Iterable[int]) -> dict:
+        ids = [r[0] for d in docs for r in self.meta.db.query("SELECT id FROM search_chunks WHERE doc = ?", (d,))]
+        return self.index.chunk_rows(ids)
+
+    def _resolve_dir(self, root: str) -> int | None:
+        ino = ROOT_INODE
+        for name in paths.split(root):
+            child = self.meta.lookup_inode(ino, name)
+            if child is None:
+                return None
+            ino = child
+        return ino
+
+
+def _bm25_expression(query: str) -> str:
+    words = [w for w in _WORD.findall(query.lower()) if len(w) > 1]
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words[:32])
+
+
+def _snippet(text: str, query: str, width: int = 160) -> str:
+    terms = set(_WORD.findall(query.lower()))
+    best, best_score = "", -1
+    for line in text.splitlines():
+        s = line.strip()
+        if not s:
+            continue
+        score = sum(1 for w in _WORD.findall(s.lower()) if w in terms)
+        if score > best_score:
+            best, best_score = s, score
+    return best[:width]

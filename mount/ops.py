@@ -241,6 +241,17 @@ class NexusOperations(pyfuse3.Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags
 
+    def _kill_suid_sgid(self, ino: int) -> None:
+        """Clear setuid, and setgid with group execute, as a truncation by an unprivileged
+        user must. For open(O_TRUNC) the kernel leaves this to us: with atomic_o_trunc
+        it drops the mode change it would otherwise send along with the truncation."""
+        mode = self.vfs.getattr(ino).mode
+        new = mode & ~stat.S_ISUID
+        if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
+            new &= ~stat.S_ISGID
+        if new != mode:
+            self.vfs.setattr(ino, mode=stat.S_IMODE(new))
+
     def _file_info(self, ino: int, fh: int) -> pyfuse3.FileInfo:
         version = self.vfs.data_version(ino)
         keep = self._cached_version.get(ino) == version
@@ -252,6 +263,8 @@ class NexusOperations(pyfuse3.Operations):
         reading = flags & os.O_ACCMODE != os.O_WRONLY  # (for atime: before _open_flags)
         flags = self._open_flags(flags)
         if flags & os.O_TRUNC:
+            if ctx.uid != 0:
+                self._kill_suid_sgid(inode)
             fh = await _in_thread(self.vfs.open, inode, flags, update_atime=reading)
         else:
             fh = self.vfs.open(inode, flags, update_atime=reading)

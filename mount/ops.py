@@ -30,6 +30,8 @@ from nexusfs.errors import FsError, NexusError
 from nexusfs.types import Attr
 from nexusfs.vfs import VFS
 
+from .search_ops import SEARCH_DIR, Caller, SearchDirs
+
 log = logging.getLogger("nexusfs.mount")
 
 T = TypeVar("T")
@@ -80,9 +82,12 @@ class NexusOperations(pyfuse3.Operations):
         entry_timeout: float = 1.0,
         negative_timeout: float = 1.0,
         writeback_cache: bool = True,
+        searcher: Any = None,
     ) -> None:
         super().__init__()
         self.vfs = vfs
+        #: the virtual .search/ directories (None: searching through the mount is off)
+        self.search = SearchDirs(vfs, searcher) if searcher is not None else None
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.negative_timeout = negative_timeout
@@ -110,6 +115,17 @@ class NexusOperations(pyfuse3.Operations):
         e.st_ctime_ns = attr.ctime_ns
         return e
 
+    def _virtual(self, ino: int) -> bool:
+        return self.search is not None and self.search.is_virtual(ino)
+
+    def _read_only(self, *inos: int) -> None:
+        """Nothing can be created, changed or removed inside .search/."""
+        if any(self._virtual(i) for i in inos):
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
+        return Caller(ctx.uid, ctx.gid, _groups(ctx) if ctx.uid != 0 else set())
+
     def _looked_up(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """An entry reply: the kernel now holds one more reference to the inode."""
         self.vfs.pin(attr.ino)
@@ -135,6 +151,12 @@ class NexusOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ namespace
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.search is not None:
+            if self.search.is_virtual(parent_inode):
+                node = await self.search.lookup(parent_inode, name, self._caller(ctx))
+                return self._entry(self.search.tree.attr(node))
+            if name == SEARCH_DIR:
+                return self._entry(self.search.tree.attr(self.search.lookup_search_dir(parent_inode)))
         try:
             attr = self.vfs.lookup(parent_inode, name)
         except FsError as exc:
@@ -147,6 +169,11 @@ class NexusOperations(pyfuse3.Operations):
         return self._looked_up(attr)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        if self.search is not None:
+            for ino, n in inode_list:
+                if self.search.is_virtual(ino):
+                    self.search.forget(ino, n)
+            inode_list = [(i, n) for i, n in inode_list if not self.search.is_virtual(i)]
         try:
             self.vfs.unpin_many(inode_list)
         except Exception:  # noqa: BLE001 - forget has no way to report errors
@@ -156,6 +183,8 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._virtual(inode):
+            return self._entry(self.search.attr(inode))
         return self._entry(self.vfs.getattr(inode))
 
     @_translate
@@ -163,6 +192,7 @@ class NexusOperations(pyfuse3.Operations):
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._read_only(inode)
         kwargs: dict[str, int] = {}
         if fields.update_mode:
             kwargs["mode"] = attr.st_mode
@@ -185,11 +215,14 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._virtual(inode):
+            return self.search.readlink(inode)
         return self.vfs.readlink(inode)
 
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._read_only(parent_inode)
         mode = self._new_mode(parent_inode, mode, ctx)
         attr = self.vfs.create_node(parent_inode, name, mode, ctx.uid, ctx.gid, rdev=rdev)
         return self._looked_up(attr)
@@ -197,31 +230,41 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._read_only(parent_inode)
         attr = self.vfs.create_node(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx.uid, ctx.gid)
         return self._looked_up(attr)
 
     @_translate
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._read_only(parent_inode)
         attr = self.vfs.create_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, target=target)
         return self._looked_up(attr)
 
     @_translate
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        self._read_only(new_parent_inode)
         return self._looked_up(self.vfs.link(inode, new_parent_inode, new_name))
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._read_only(parent_inode)
         self.vfs.unlink(parent_inode, name)
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._read_only(parent_inode)
+        if self.search is not None and name == SEARCH_DIR:
+            raise pyfuse3.FUSEError(errno.EROFS)
         self.vfs.rmdir(parent_inode, name)
 
     @_translate
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._read_only(parent_inode_old, parent_inode_new)
         self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ------------------------------------------------------------ files
@@ -260,6 +303,8 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self._virtual(inode):
+            return pyfuse3.FileInfo(fh=self.search.open(inode, flags), keep_cache=False)
         reading = flags & os.O_ACCMODE != os.O_WRONLY  # (for atime: before _open_flags)
         flags = self._open_flags(flags)
         if flags & os.O_TRUNC:
@@ -273,6 +318,7 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._read_only(parent_inode)
         mode = self._new_mode(parent_inode, mode, ctx)
         attr = self.vfs.create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
         fh = self.vfs.open(attr.ino, self._open_flags(flags) & ~os.O_TRUNC, update_atime=False, attr=attr)
@@ -281,6 +327,8 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self.search is not None and self.search.is_virtual_fh(fh):
+            return self.search.read(fh, off, size)
         try:
             return self.vfs.read(fh, off, size, wait=False)
         except WouldBlock:
@@ -288,6 +336,8 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if self.search is not None and self.search.is_virtual_fh(fh):
+            raise pyfuse3.FUSEError(errno.EBADF)
         try:
             return self.vfs.write(fh, off, buf, wait=False)
         except WouldBlock:
@@ -303,17 +353,24 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def flush(self, fh: int) -> None:
+        if self.search is not None and self.search.is_virtual_fh(fh):
+            return
         if self.vfs.needs_commit(fh):
             await _in_thread(self.vfs.flush, fh)
             self._after_commit(fh)
 
     @_translate
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.search is not None and self.search.is_virtual_fh(fh):
+            return
         await _in_thread(self.vfs.fsync, fh, datasync)
         self._after_commit(fh)
 
     @_translate
     async def release(self, fh: int) -> None:
+        if self.search is not None and self.search.is_virtual_fh(fh):
+            self.search.release(fh)
+            return
         if self.vfs.needs_commit(fh):
             await _in_thread(self.vfs.flush, fh)
             self._after_commit(fh)
@@ -322,6 +379,8 @@ class NexusOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ directories
     @_translate
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if self._virtual(inode):
+            return inode if self.search.attr(inode).is_dir else _fail(errno.ENOTDIR)
         attr = self.vfs.getattr(inode)
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -329,6 +388,14 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if self._virtual(fh):
+            for cookie, (name, node) in enumerate(self.search.listing(fh), 1):
+                if cookie <= start_id:
+                    continue
+                if not pyfuse3.readdir_reply(token, name, self._entry(self.search.tree.attr(node)), cookie):
+                    return
+                self.search.tree.looked_up(node)
+            return
         after = start_id
         while True:
             entries = self.vfs.readdir(fh, after, 256)
@@ -366,23 +433,35 @@ class NexusOperations(pyfuse3.Operations):
 
     @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._read_only(inode)
         self.vfs.meta.setxattr(inode, name, value)
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return self.vfs.meta.getxattr(inode, name)
 
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if self._virtual(inode):
+            return []
         return self.vfs.meta.listxattr(inode)
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._read_only(inode)
         self.vfs.meta.removexattr(inode, name)
 
     @_translate
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        if self._virtual(inode):
+            return not mode & os.W_OK
         return self.vfs.access(inode, mode, ctx.uid, ctx.gid, _groups(ctx))
+
+
+def _fail(err: int) -> Any:
+    raise pyfuse3.FUSEError(err)
 
 
 def _groups(ctx: pyfuse3.RequestContext) -> set[int]:

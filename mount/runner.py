@@ -31,6 +31,7 @@ class MountOptions:
     negative_timeout: float = 1.0
     debug: bool = False
     nonempty: bool = False
+    search: bool = True  # the virtual .search/ directories
     extra: list[str] = field(default_factory=list)  # further FUSE options
 
 
@@ -112,6 +113,7 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 entry_timeout=opts.entry_timeout,
                 negative_timeout=opts.negative_timeout,
                 writeback_cache=opts.writeback_cache,
+                searcher=store.searcher if opts.search else None,
             )
             fuse_opts = {f"fsname={fsname(config)}", "subtype=nexus", "default_permissions", "noatime"}
             allow_other = opts.allow_other if opts.allow_other is not None else os.getuid() == 0

@@ -577,25 +577,10 @@ class Nexus:
             return []
         if not top.is_dir:
             return []
-        out: list[Any] = []
-        skip = len(base) + (0 if base == "/" else 1)
-        if g.literal_prefix and g.match(start[skip:], True):
-            out.append(_info(start, top) if attrs else start)  # 'a/**' matches 'a' itself
-        stack = [(start, top.ino, len(g.literal_prefix))]
-        while stack:
-            dpath, dino, depth = stack.pop()
-            for name, child, mode in self.meta.list_names(dino):
-                p = paths.join(dpath, name)
-                rel = p[skip:]
-                is_dir = stat.S_ISDIR(mode)
-                if g.match(rel, is_dir):
-                    out.append(_info(p, self.vfs.getattr(child)) if attrs else p)
-                if is_dir and (g.recursive or depth + 1 < g.depth):
-                    if name.startswith(b".") and not g.hidden:
-                        continue
-                    stack.append((p, child, depth + 1))
-        out.sort(key=lambda x: x.path if isinstance(x, FileInfo) else x)
-        return out
+        found = self.store.searcher.glob_walk(g, base, start, top.ino)
+        if attrs:
+            return [_info(p, self.vfs.getattr(ino)) for p, ino in found]
+        return [p for p, _ino in found]
 
     def grep(
         self,

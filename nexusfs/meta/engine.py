@@ -43,6 +43,9 @@ _INODE_COLS_I = ", ".join("i." + c.strip() for c in INODE_COLS.split(","))
 _INODE_COLS_P = ", ".join("p." + c.strip() for c in INODE_COLS.split(","))
 _N_INODE_COLS = len(INODE_COLS.split(","))
 
+#: In every directory of a mount this name leads to the search tree; no file may take it.
+SEARCH_NAME = b".search"
+
 #: Called with an inode number: is it still open or known to the kernel? Such
 #: inodes survive losing their last name until they are released.
 PinCheck = Callable[[int], bool]
@@ -57,6 +60,8 @@ def check_name(name: bytes) -> None:
         raise FsError(errno.EINVAL, f"invalid file name {name!r}")
     if name in (b".", b".."):
         raise FsError(errno.EINVAL, f"{name.decode()} is not a valid name here")
+    if name == SEARCH_NAME:
+        raise FsError(errno.EPERM, "'.search' is reserved: it searches the directory it is in")
     if len(name) > NAME_MAX:
         raise fs_error(errno.ENAMETOOLONG, name[:40] + b"...")
 

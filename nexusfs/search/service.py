@@ -29,6 +29,7 @@ from .grep import GrepMatch, GrepOptions, compile_pattern, is_binary, match_line
 from .index import SearchIndex
 from .indexer import load_embedder
 from .literals import fts5_expression, required_query
+from .pattern import GlobPattern
 
 #: reciprocal-rank-fusion constant
 RRF_K = 60
@@ -103,6 +104,29 @@ class Searcher:
                     stack.append((child, p))
                 elif stat.S_ISREG(mode):
                     out.append((child, p))
+        return out
+
+    # ----------------------------------------------------------------- glob
+    def glob_walk(self, g: GlobPattern, base: str, start: str, start_ino: int) -> list[tuple[str, int]]:
+        """(path, inode) of the entries under ``start`` whose path relative to ``base``
+        matches ``g``, sorted; ``start`` is ``base`` plus the pattern's literal prefix."""
+        out: list[tuple[str, int]] = []
+        skip = len(base) + (0 if base == "/" else 1)
+        if g.literal_prefix and g.match(start[skip:], True):
+            out.append((start, start_ino))  # 'a/**' matches 'a' itself
+        stack = [(start, start_ino, len(g.literal_prefix))]
+        while stack:
+            dpath, dino, depth = stack.pop()
+            for name, child, mode in self.meta.list_names(dino):
+                p = paths.join(dpath, name)
+                is_dir = stat.S_ISDIR(mode)
+                if g.match(p[skip:], is_dir):
+                    out.append((p, child))
+                if is_dir and (g.recursive or depth + 1 < g.depth):
+                    if name.startswith(b".") and not g.hidden:
+                        continue
+                    stack.append((p, child, depth + 1))
+        out.sort()
         return out
 
     # ----------------------------------------------------------------- grep

@@ -77,9 +77,19 @@ class Codec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
+    #: blocks larger than this are first tried on a sample: already-compressed data
+    #: (media, archives, encrypted files) then skips the full attempt
+    SAMPLE = 64 * 1024
+
     def encode(self, data: Buffer) -> tuple[Buffer, int]:
         if self.name == "zstd" and len(data) >= 128:
-            packed = self._compressor().compress(data)
+            c = self._compressor()
+            if len(data) > 4 * self.SAMPLE:
+                mid = len(data) // 2
+                sample = memoryview(data)[mid : mid + self.SAMPLE]
+                if len(c.compress(sample)) > self.SAMPLE * 0.95:
+                    return data, schema.CODEC_NONE
+            packed = c.compress(data)
             if len(packed) < len(data) * 0.97:
                 return packed, schema.CODEC_ZSTD
         return data, schema.CODEC_NONE

@@ -83,7 +83,7 @@ class SearchIndex:
         )
 
     def ensure_tables(self, embedder: str | None, dim: int | None) -> bool:
-        """Create the full-text tables, and the vector table for ``embedder``.
+        """Create the full-text tables, and the vector table for ``embedder`` (a model id).
 
         Returns True when the embedder changed (or vectors were added), so every
         doc must be indexed again for semantic search.
@@ -359,6 +359,6 @@ class SearchIndex:
             chunks=self.db.query_value("SELECT COUNT(*) FROM search_chunks", (), 0),
             by_kind=by_kind,
             errors=[(r[0], r[1]) for r in errors],
-            embedder=emb.rsplit(":", 1)[0] if emb else None,
+            embedder=emb.rsplit(":", 1)[0] if emb else None,  # the model id
             vector_search=self.vector_search,
         )

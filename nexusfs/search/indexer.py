@@ -100,7 +100,7 @@ class Indexer:
         if self._tables_ready:
             return
         emb = self.embedder()
-        self.index.ensure_tables(getattr(emb, "name", None), getattr(emb, "dim", None))
+        self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
         self._tables_ready = True
 
     # ------------------------------------------------------------------ work

@@ -70,7 +70,7 @@ class Searcher:
     def prepare(self) -> None:
         if not self._ready:
             emb = self._embedder() if self.semantic else None
-            self.index.ensure_tables(getattr(emb, "name", None), getattr(emb, "dim", None))
+            self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
             self._ready = True
 
     def _embedder(self) -> Any:

@@ -192,7 +192,7 @@ async def _serve(ready_fd: int | None, path: str) -> None:
                     # cache (writeback cache): have it written back to us while we still
                     # serve requests, so the final sync commits it.
                     with trio.move_on_after(60):
-                        await trio.to_thread.run_sync(_syncfs, path, cancellable=True)
+                        await trio.to_thread.run_sync(_syncfs, path, abandon_on_cancel=True)
                     pyfuse3.terminate()
                     return
 

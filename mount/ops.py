@@ -115,6 +115,14 @@ class NexusOperations(pyfuse3.Operations):
         e.st_ctime_ns = attr.ctime_ns
         return e
 
+    def _virtual_entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        """An entry of the .search tree: never cached by the kernel, so every path walk asks
+        again and each caller gets their own, current (permission-filtered) results."""
+        e = self._entry(attr)
+        e.entry_timeout = 0
+        e.attr_timeout = 0
+        return e
+
     def _virtual(self, ino: int) -> bool:
         return self.search is not None and self.search.is_virtual(ino)
 
@@ -154,9 +162,9 @@ class NexusOperations(pyfuse3.Operations):
         if self.search is not None:
             if self.search.is_virtual(parent_inode):
                 node = await self.search.lookup(parent_inode, name, self._caller(ctx))
-                return self._entry(self.search.tree.attr(node))
+                return self._virtual_entry(self.search.tree.attr(node))
             if name == SEARCH_DIR:
-                return self._entry(self.search.tree.attr(self.search.lookup_search_dir(parent_inode)))
+                return self._virtual_entry(self.search.tree.attr(self.search.lookup_search_dir(parent_inode)))
         try:
             attr = self.vfs.lookup(parent_inode, name)
         except FsError as exc:
@@ -184,7 +192,7 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self._virtual(inode):
-            return self._entry(self.search.attr(inode))
+            return self._virtual_entry(self.search.attr(inode))
         return self._entry(self.vfs.getattr(inode))
 
     @_translate
@@ -392,7 +400,7 @@ class NexusOperations(pyfuse3.Operations):
             for cookie, (name, node) in enumerate(self.search.listing(fh), 1):
                 if cookie <= start_id:
                     continue
-                if not pyfuse3.readdir_reply(token, name, self._entry(self.search.tree.attr(node)), cookie):
+                if not pyfuse3.readdir_reply(token, name, self._virtual_entry(self.search.tree.attr(node)), cookie):
                     return
                 self.search.tree.looked_up(node)
             return

@@ -11,6 +11,7 @@ import errno
 import itertools
 import os
 import stat
+import time
 from typing import Any
 
 import trio
@@ -30,6 +31,11 @@ class Caller:
 
     def __init__(self, uid: int, gid: int, groups: set[int]) -> None:
         self.uid, self.gid, self.groups = uid, gid, groups
+
+    @property
+    def key(self) -> tuple:
+        """Callers with the same key may see the same (filtered) results."""
+        return ("root",) if self.uid == 0 else (self.uid, self.gid, frozenset(self.groups))
 
 
 class SearchDirs:
@@ -119,11 +125,22 @@ class SearchDirs:
     # ------------------------------------------------------------- queries
     def _run(self, kind_node: Node, name: bytes, caller: Caller) -> Node:
         """Run the query named ``name`` and build its directory (worker thread)."""
-        node = self.tree.existing_query(kind_node, name)
-        if node is not None and self.tree.fresh(node):
+        generation = self.generation()
+        node = self.tree.existing_query(kind_node, name, caller.key)
+        if node is not None and self.tree.fresh(node, generation):
             return node
         matches, header = self.query(kind_node, name, caller)
-        return self.tree.query_dir(kind_node, name, matches, header)
+        return self.tree.query_dir(kind_node, name, matches, header, caller.key, generation)
+
+    def generation(self) -> tuple:
+        """Changes whenever anything is committed to the store, by this process or another."""
+        db = self.vfs.meta.db
+        conn = getattr(db, "conn", None)
+        if conn is None or not hasattr(conn, "total_changes"):
+            return (time.monotonic_ns(),)  # cannot tell: never reuse results
+        with db.lock:
+            # total_changes: this connection's writes; data_version: other connections' commits
+            return (conn.total_changes(), db.query_value("PRAGMA data_version"))
 
     def query(self, kind_node: Node, name: bytes, caller: Caller) -> tuple[list[Match], str]:
         q = decode_query(name)

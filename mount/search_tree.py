@@ -79,6 +79,8 @@ class Node:
     made: float = field(default_factory=time.monotonic)
     made_ns: int = field(default_factory=time.time_ns)
     key: tuple = ()
+    #: query dirs: the store's state the results were computed in (see SearchDirs.generation)
+    generation: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,14 @@ class SearchTree:
         return self._node(("kind", parent.scope, name), kind="kind", scope=parent.scope,
                           scope_path=parent.scope_path, search=name)
 
-    def query_dir(self, parent: Node, name: bytes, matches: list[Match], header: str = "") -> Node:
-        """The directory of one query's results (replacing older results of the same query)."""
+    def query_dir(self, parent: Node, name: bytes, matches: list[Match], header: str = "",
+                  who: tuple = (), generation: tuple = ()) -> Node:
+        """The directory of one query's results (replacing older results of the same query).
+
+        Results are filtered by permissions, so each caller (``who``) has their own node.
+        """
         query = decode_query(name)
-        node = self._node(("query", parent.scope, parent.search, name), kind="query", scope=parent.scope,
+        node = self._node(("query", parent.scope, parent.search, name, who), kind="query", scope=parent.scope,
                           scope_path=parent.scope_path, search=parent.search, query=query)
         data = (header + "".join(m.line + "\n" for m in matches)).encode("utf-8", "surrogateescape")
         entries: dict[bytes, int] = {}
@@ -143,12 +149,17 @@ class SearchTree:
                               scope_path=parent.scope_path, target=target)
             link.target = target
             entries[ename] = link.ino
-        res = self._node(("results", node.ino), kind="results", scope=parent.scope, scope_path=parent.scope_path)
+        # Other results are another inode: the kernel keeps a file's size as it first saw it
+        # (with the writeback cache it trusts its own), so one inode must never change size.
+        tag = hashlib.blake2b(data, digest_size=8).digest()
+        res = self._node(("results", node.ino, tag), kind="results", scope=parent.scope,
+                         scope_path=parent.scope_path)
         res.data = data
         entries[RESULTS] = res.ino
         old, node.entries = node.entries, entries
         node.made = time.monotonic()
         node.made_ns = time.time_ns()
+        node.generation = generation
         self._drop_unused(ino for name, ino in old.items() if entries.get(name) != ino)
         return node
 
@@ -162,12 +173,13 @@ class SearchTree:
                     if self._by_key.get(node.key) == ino:
                         del self._by_key[node.key]
 
-    def existing_query(self, kind_node: Node, name: bytes) -> Node | None:
-        ino = self._by_key.get(("query", kind_node.scope, kind_node.search, name))
+    def existing_query(self, kind_node: Node, name: bytes, who: tuple = ()) -> Node | None:
+        ino = self._by_key.get(("query", kind_node.scope, kind_node.search, name, who))
         return self._nodes.get(ino) if ino is not None else None
 
-    def fresh(self, node: Node) -> bool:
-        return time.monotonic() - node.made < RESULT_TTL
+    def fresh(self, node: Node, generation: tuple = ()) -> bool:
+        """Results can be reused: recent, and nothing in the store changed since."""
+        return time.monotonic() - node.made < RESULT_TTL and node.generation == generation
 
     def child(self, parent: Node, name: bytes) -> Node | None:
         if parent.kind == "root":

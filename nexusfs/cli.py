@@ -815,10 +815,10 @@ def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: b
         if single:
             out(str(counts.get(paths.normalize(directory), 0)))
         else:
+            # every file read gets a line, like grep -c: binary files (skipped) count 0
             files = sorted(i.path for i in nx.walk(directory, attrs=True) if i.is_file)
             for p in files:
-                if p in counts or not _is_binary(nx, p):
-                    out(f"{p}:{counts.get(p, 0)}")
+                out(f"{p}:{counts.get(p, 0)}")
     else:
         for m in matches:
             prefix = "" if single else f"{m.path}:"
@@ -879,13 +879,6 @@ def index_cmd(status: bool, rebuild: bool) -> None:
     st = nx.index_status()
     out(f"indexed {n} file(s); {st.files} files, {st.docs} distinct contents, {st.chunks} chunks in the index"
         + (f"; {st.pending} still queued" if st.pending else ""))
-
-
-def _is_binary(nx: Any, path: str) -> bool:
-    from .search.grep import BINARY_PROBE, is_binary
-
-    with nx.open(path, "rb") as f:
-        return is_binary(f.read(BINARY_PROBE))
 
 
 # ------------------------------------------------------------- maintenance

@@ -318,6 +318,23 @@ class SearchIndex:
             (expression, k),
         )
 
+    def bm25_chunks_of_docs(self, expression: str, docs: Iterable[int], k: int) -> list[tuple[int, float]]:
+        """The best ``k`` chunks of ``docs`` by BM25 (with the whole index's statistics), best first."""
+        if not expression:
+            return []
+        ids = list(docs)
+        out: list[tuple[int, float]] = []
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out += self.db.query(
+                "SELECT rowid, bm25(search_chunk_text) FROM search_chunk_text WHERE search_chunk_text MATCH ? "
+                f"AND rowid IN (SELECT id FROM search_chunks WHERE doc IN ({marks})) ORDER BY rank LIMIT ?",
+                (expression, *part, k),
+            )
+        out.sort(key=lambda r: r[1])  # bm25(): lower is better
+        return out[:k]
+
     def chunk_rows(self, ids: Iterable[int]) -> dict[int, ChunkRow]:
         out: dict[int, ChunkRow] = {}
         idl = list(ids)

@@ -83,12 +83,29 @@ def q_or(*qs: Query) -> Query:
     return uniq[0] if len(uniq) == 1 else Query("or", args=uniq)
 
 
+def _fold(s: str) -> str:
+    """Lower-case ASCII letters only: always one character for one, like the index's folding.
+
+    (``str.lower`` may change a string's length -- 'İ' becomes two characters -- and so
+    produce trigrams the index never holds; SQLite folds the rest of the query itself.)
+    """
+    return s.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def _indexable(gram: str) -> bool:
+    # bytes that are not UTF-8 (surrogate escapes) cannot be looked up: the text index holds
+    # UTF-8 content only (other content is always scanned)
+    return not any("\udc80" <= c <= "\udcff" for c in gram)
+
+
 def string_query(s: str) -> Query:
     """All trigrams of ``s`` (ALL when it is shorter than three characters)."""
-    s = s.lower()
-    if len(s) < 3:
-        return ALL
-    return q_and(*(Query("tri", s[i : i + 3]) for i in range(len(s) - 2)))
+    s = _fold(s)
+    grams = [s[i : i + 3] for i in range(len(s) - 2)]
+    return q_and(*(Query("tri", g) for g in grams if _indexable(g)))
 
 
 @dataclass
@@ -119,7 +136,7 @@ def _chars_of_class(items: list, ignore_case: bool) -> set[str] | None:
         if len(chars) > MAX_CLASS:
             return None
     if ignore_case:
-        chars = {c.lower() for c in chars}
+        chars = {_fold(c) for c in chars}
     return chars
 
 
@@ -151,7 +168,7 @@ def _analyze(seq, ignore_case: bool) -> _Info:
 def _node(op, av, ignore_case: bool) -> _Info:
     if op is C.LITERAL:
         c = chr(av)
-        return _Info({c.lower() if ignore_case else c})
+        return _Info({_fold(c) if ignore_case else c})
     if op is C.IN:
         chars = _chars_of_class(av, ignore_case)
         return _Info(chars) if chars is not None else _Info(None, ALL)
@@ -173,7 +190,9 @@ def _node(op, av, ignore_case: bool) -> _Info:
         if lo == 0:
             if hi == 1 and info.exact is not None and len(info.exact) < MAX_EXACT:
                 return _Info(info.exact | {""})
-            return _Info({""})
+            # any number of repetitions (or none): no constraint, and no exact set either --
+            # {""} would glue its neighbours together ('a.*b' does not require the text 'ab')
+            return _Info(None, ALL)
         if lo == hi == 1:
             return info
         # at least one occurrence: what the element requires still holds

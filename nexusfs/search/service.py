@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import stat
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,10 +176,14 @@ class Searcher:
             docs = dict(self.index.files_of_docs_for_inodes([i for i, _p in files]))
             return [(i, p, docs.get(i)) for i, p in files]
         self.prepare()
+        # The queue first: a file whose job an indexer finishes meanwhile is then found in
+        # the index. (Read after the index, the job could be gone while the index was read
+        # before its new entry existed, and the file would be missed.)
+        pending = self.index.pending_inodes()
         cands: dict[int, int | None] = {}
         for ino, doc in self.index.files_of_docs(self.index.trigram_docs(expr)):
             cands[ino] = doc
-        for ino in self.index.pending_inodes():
+        for ino in pending:
             cands[ino] = None
         for ino in self.index.always_scan_files():
             cands.setdefault(ino, None)
@@ -254,18 +257,11 @@ class Searcher:
                 sims = mat @ qv
                 for rank, i in enumerate(np.argsort(-sims)[: k * 10]):
                     scored[rows[int(i)][0]] += 1.0 / (RRF_K + rank + 1)
-        terms = set(_WORD.findall(query.lower()))
-        if terms and docs:
-            for cid, row in self._chunks_of_docs(docs).items():
-                words = _WORD.findall(row.text.lower())
-                tf = sum(1 for w in words if w in terms)
-                if tf:
-                    scored[cid] += 0.5 * tf / (len(words) + 10)
+        # the words, as in the global ranking: BM25 ranks fused by reciprocal rank (raw
+        # term counts would swamp the vector ranks, and count 'the' and 'a' as matches)
+        for rank, (cid, _s) in enumerate(self.index.bm25_chunks_of_docs(_bm25_expression(query), docs, k * 10)):
+            scored[cid] += 1.0 / (RRF_K + rank + 1)
         return self._hits(scored, root, k, query)
-
-    def _chunks_of_docs(self, docs: Iterable[int]) -> dict:
-        ids = [r[0] for d in docs for r in self.meta.db.query("SELECT id FROM search_chunks WHERE doc = ?", (d,))]
-        return self.index.chunk_rows(ids)
 
     def _resolve_dir(self, root: str) -> int | None:
         ino = ROOT_INODE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -124,31 +124,16 @@ class Database(ABC):
         row = self.query_one(sql, params)
         return default if row is None or row[0] is None else row[0]
 
-    def iterate(self, sql: str, params: Sequence[Any] = (), batch: int = 1000) -> Iterator[Row]:
-        """Yield rows of a large result in key-ordered pages without holding the lock.
-
-        ``sql`` must select the paging key as its first column, contain a
-        ``{after}`` marker where ``AND key > ?`` fits, and end with ``ORDER BY key``;
-        this method appends ``LIMIT``.
-        """
-        last: Any = None
-        while True:
-            if last is None:
-                rows = self.query(sql.replace("{after}", "") + f" LIMIT {batch}", params)
-            else:
-                rows = self.query(
-                    sql.replace("{after}", f" AND {sql_key(sql)} > ?") + f" LIMIT {batch}",
-                    (*params, last),
-                )
-            yield from rows
-            if len(rows) < batch:
-                return
-            last = rows[-1][0]
-
-
-def sql_key(sql: str) -> str:
-    """The column named in the final ORDER BY of ``sql``."""
-    return sql.rsplit("ORDER BY", 1)[1].split()[0]
+    def query_in(self, sql: str, ids: Iterable[Any], *, before: Sequence[Any] = (),
+                 after: Sequence[Any] = (), batch: int = 500) -> list[Row]:
+        """Run ``sql`` once per batch of ``ids``, its ``{ids}`` marker becoming ``?, ?, ...``;
+        ``before``/``after`` are the parameters around the list. Returns all rows."""
+        idl = list(ids)
+        out: list[Row] = []
+        for i in range(0, len(idl), batch):
+            part = idl[i : i + batch]
+            out += self.query(sql.replace("{ids}", ",".join("?" * len(part))), (*before, *part, *after))
+        return out
 
 
 def split_statements(sql: str) -> list[str]:

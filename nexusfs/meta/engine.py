@@ -177,14 +177,8 @@ class MetadataEngine:
         return _attr(row)
 
     def getattr_many(self, inos: Iterable[int]) -> dict[int, Attr]:
-        out: dict[int, Attr] = {}
-        ids = list(inos)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(f"SELECT {INODE_COLS} FROM inodes WHERE id IN ({marks})", chunk):
-                out[row[0]] = _attr(row)
-        return out
+        rows = self.db.query_in(f"SELECT {INODE_COLS} FROM inodes WHERE id IN ({{ids}})", inos)
+        return {row[0]: _attr(row) for row in rows}
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         if name == b".":
@@ -474,11 +468,7 @@ class MetadataEngine:
 
     def purge_orphans(self, inos: list[int]) -> int:
         """Delete those of ``inos`` that have no names left (one transaction); returns how many."""
-        found: list[tuple[int, int]] = []
-        for i in range(0, len(inos), 500):
-            chunk = inos[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            found += self.db.query(f"SELECT id, mode FROM inodes WHERE nlink = 0 AND id IN ({marks})", chunk)
+        found = self.db.query_in("SELECT id, mode FROM inodes WHERE nlink = 0 AND id IN ({ids})", inos)
         if found:
             with self.db.transaction():
                 for ino, mode in found:
@@ -878,12 +868,7 @@ class MetadataEngine:
             )
 
     def object_ids(self, ids: Sequence[int]) -> set[int]:
-        found: set[int] = set()
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.query(f"SELECT id FROM objects WHERE id IN ({marks})", chunk))
-        return found
+        return {r[0] for r in self.db.query_in("SELECT id FROM objects WHERE id IN ({ids})", ids)}
 
     def statfs_usage(self) -> tuple[int, int]:
         """(stored bytes, number of inodes)."""

@@ -268,31 +268,19 @@ class SearchIndex:
 
     def files_of_docs(self, docs: Iterable[int]) -> list[tuple[int, int]]:
         """(inode, doc) of the files whose current content is one of ``docs``."""
-        ids = list(docs)
-        out: list[tuple[int, int]] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            out += self.db.query(
-                f"SELECT f.inode, f.doc FROM search_files f JOIN inodes i ON i.id = f.inode "
-                f"WHERE f.doc IN ({marks}) AND i.data_version = f.data_version",
-                chunk,
-            )
-        return out
+        return self.db.query_in(
+            "SELECT f.inode, f.doc FROM search_files f JOIN inodes i ON i.id = f.inode "
+            "WHERE f.doc IN ({ids}) AND i.data_version = f.data_version",
+            docs,
+        )
 
     def files_of_docs_for_inodes(self, inodes: Iterable[int]) -> list[tuple[int, int]]:
         """(inode, doc) of those ``inodes`` whose index entry is current."""
-        ids = list(inodes)
-        out: list[tuple[int, int]] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            out += self.db.query(
-                f"SELECT f.inode, f.doc FROM search_files f JOIN inodes i ON i.id = f.inode "
-                f"WHERE f.inode IN ({marks}) AND i.data_version = f.data_version",
-                chunk,
-            )
-        return out
+        return self.db.query_in(
+            "SELECT f.inode, f.doc FROM search_files f JOIN inodes i ON i.id = f.inode "
+            "WHERE f.inode IN ({ids}) AND i.data_version = f.data_version",
+            inodes,
+        )
 
     def always_scan_files(self) -> list[int]:
         marks = ",".join("?" * len(ALWAYS_SCAN_KINDS))
@@ -322,46 +310,28 @@ class SearchIndex:
         """The best ``k`` chunks of ``docs`` by BM25 (with the whole index's statistics), best first."""
         if not expression:
             return []
-        ids = list(docs)
-        out: list[tuple[int, float]] = []
-        for i in range(0, len(ids), 500):
-            part = ids[i : i + 500]
-            marks = ",".join("?" * len(part))
-            out += self.db.query(
-                "SELECT rowid, bm25(search_chunk_text) FROM search_chunk_text WHERE search_chunk_text MATCH ? "
-                f"AND rowid IN (SELECT id FROM search_chunks WHERE doc IN ({marks})) ORDER BY rank LIMIT ?",
-                (expression, *part, k),
-            )
+        out = self.db.query_in(
+            "SELECT rowid, bm25(search_chunk_text) FROM search_chunk_text WHERE search_chunk_text MATCH ? "
+            "AND rowid IN (SELECT id FROM search_chunks WHERE doc IN ({ids})) ORDER BY rank LIMIT ?",
+            docs, before=(expression,), after=(k,),
+        )
         out.sort(key=lambda r: r[1])  # bm25(): lower is better
         return out[:k]
 
     def chunk_rows(self, ids: Iterable[int]) -> dict[int, ChunkRow]:
-        out: dict[int, ChunkRow] = {}
-        idl = list(ids)
-        for i in range(0, len(idl), 500):
-            chunk = idl[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            for r in self.db.query(
-                f"SELECT id, doc, seq, start_line, end_line, text FROM search_chunks WHERE id IN ({marks})", chunk
-            ):
-                out[r[0]] = ChunkRow(*r)
-        return out
+        rows = self.db.query_in(
+            "SELECT id, doc, seq, start_line, end_line, text FROM search_chunks WHERE id IN ({ids})", ids)
+        return {r[0]: ChunkRow(*r) for r in rows}
 
     def chunk_vectors_of_docs(self, docs: Iterable[int]) -> list[tuple[int, bytes]]:
         """(chunk id, embedding) of every chunk of ``docs`` (for searches scoped to few files)."""
         if self._dim is None:
             return []
-        ids = list(docs)
-        out: list[tuple[int, bytes]] = []
-        for i in range(0, len(ids), 200):
-            part = ids[i : i + 200]
-            marks = ",".join("?" * len(part))
-            out += self.db.query(
-                f"SELECT v.rowid, v.embedding FROM search_chunks c JOIN search_vectors v ON v.rowid = c.id "
-                f"WHERE c.doc IN ({marks})",
-                part,
-            )
-        return out
+        return self.db.query_in(
+            "SELECT v.rowid, v.embedding FROM search_chunks c JOIN search_vectors v ON v.rowid = c.id "
+            "WHERE c.doc IN ({ids})",
+            docs, batch=200,
+        )
 
     def status(self) -> IndexStatus:
         by_kind = dict(self.db.query("SELECT kind, COUNT(*) FROM search_docs GROUP BY kind"))

@@ -68,32 +68,35 @@ class WordLlamaEmbedder:
     model_id = "wordllama-l2_supercat-256"
     dim = 256
     #: Texts are cut to this many characters: the model averages tokens, so a longer text only
-    #: costs time and memory (wordllama pads each batch to its longest text, uncut).
+    #: costs time.
     max_chars = 8192
-    batch_size = 32
 
     def __init__(self) -> None:
         import wordllama
+        from tokenizers import Tokenizer
         from wordllama import WordLlama
 
         package_dir = Path(wordllama.__file__).parent
-        self._model = WordLlama.load(
-            config="l2_supercat", dim=self.dim, cache_dir=package_dir, disable_download=True
-        )
+        model = WordLlama.load(config="l2_supercat", dim=self.dim, cache_dir=package_dir, disable_download=True)
+        self._table = np.ascontiguousarray(model.embedding, dtype=np.float32)
+        # the same tokenizer without padding: each text's own tokens, summed below (wordllama's
+        # own embed() pads every batch to its longest text and multiplies by a mask)
+        self._tokenizer = Tokenizer.from_str(model.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        texts = [t[: self.max_chars] for t in texts]
-        # similar lengths in a batch: wordllama pads each batch to its longest text
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo : lo + self.batch_size]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[idx] = self._model.embed(
-                    [texts[i] for i in idx], norm=False, batch_size=self.batch_size
-                )
+            return out
+        encodings = self._tokenizer.encode_batch([t[: self.max_chars] for t in texts], add_special_tokens=False)
+        top = self._table.shape[0] - 1
+        for row, enc in enumerate(encodings):
+            if enc.ids:
+                ids = np.asarray(enc.ids, dtype=np.int64)
+                np.clip(ids, 0, top, out=ids)
+                # the sum of the text's token vectors; scaling it to the mean is undone by _normalise
+                out[row] = self._table[ids].sum(axis=0)
         return _normalise(out)
 
 

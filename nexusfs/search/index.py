@@ -18,6 +18,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import apsw
 
 from ..errors import StoreError
 from ..meta.db import Database
@@ -71,6 +74,8 @@ class SearchIndex:
         self.db = db
         self.vector_search = bool(getattr(db, "vector_search", False))
         self._dim: int | None = None
+        self._vocab_ready = False
+        self._stemmer: Any = None
 
     # ----------------------------------------------------------------- setup
     def setting(self, key: str) -> str | None:
@@ -123,7 +128,18 @@ class SearchIndex:
             )
             return True
 
+    @property
+    def vector_dim(self) -> int | None:
+        """Dimensions of the vector table, once ``ensure_tables`` made or found it."""
+        return self._dim
+
+    def _vectors_removed(self) -> None:
+        """Tell in-memory copies of the vectors (``VectorMatrix``) that rows went away."""
+        epoch = int(self.setting("search_vector_epoch") or 0)
+        self._set("search_vector_epoch", str(epoch + 1))
+
     def _clear_docs(self) -> None:
+        self._vectors_removed()
         self.db.execute("DELETE FROM search_trigrams")
         self.db.execute("INSERT INTO search_chunk_text (search_chunk_text) VALUES ('delete-all')")
         self.db.execute("DELETE FROM search_chunks")
@@ -247,7 +263,8 @@ class SearchIndex:
                 if self.db.query_one("SELECT 1 FROM search_files WHERE doc = ? LIMIT 1", (doc,)):
                     continue
                 self.db.execute("DELETE FROM search_trigrams WHERE rowid = ?", (doc,))
-                for cid, text in self.db.query("SELECT id, text FROM search_chunks WHERE doc = ?", (doc,)):
+                chunks = self.db.query("SELECT id, text FROM search_chunks WHERE doc = ?", (doc,))
+                for cid, text in chunks:
                     self.db.execute(
                         "INSERT INTO search_chunk_text (search_chunk_text, rowid, text) VALUES ('delete', ?, ?)",
                         (cid, text),
@@ -256,6 +273,8 @@ class SearchIndex:
                         self.db.execute("DELETE FROM search_vectors WHERE rowid = ?", (cid,))
                 self.db.execute("DELETE FROM search_chunks WHERE doc = ?", (doc,))
                 self.db.execute("DELETE FROM search_docs WHERE id = ?", (doc,))
+                if chunks:
+                    self._vectors_removed()
         return len(rows)
 
     # --------------------------------------------------------------- queries
@@ -318,6 +337,28 @@ class SearchIndex:
         out.sort(key=lambda r: r[1])  # bm25(): lower is better
         return out[:k]
 
+    def term_doc_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks contain each word (after the BM25 table's porter stemming)."""
+        conn = getattr(self.db, "conn", None)
+        if conn is None or not words:
+            return {}
+        if not self._vocab_ready:
+            self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_chunk_vocab "
+                            "USING fts5vocab(main, search_chunk_text, row)")
+            self._stemmer = conn.fts5_tokenizer("porter", ["unicode61"])
+            self._vocab_ready = True
+        out: dict[str, int] = {}
+        for w in words:
+            stems = [t[2] for t in self._stemmer(w.encode(), apsw.FTS5_TOKENIZE_QUERY, None)]
+            if len(stems) != 1:
+                continue
+            out[w] = self.db.query_value("SELECT doc FROM temp.search_chunk_vocab WHERE term = ?", (stems[0],), 0)
+        return out
+
+    def chunk_count_estimate(self) -> int:
+        """The largest chunk id: an upper bound of the chunk count, read in O(log n)."""
+        return self.db.query_value("SELECT MAX(id) FROM search_chunks", (), 0) or 0
+
     def chunk_rows(self, ids: Iterable[int]) -> dict[int, ChunkRow]:
         rows = self.db.query_in(
             "SELECT id, doc, seq, start_line, end_line, text FROM search_chunks WHERE id IN ({ids})", ids)
@@ -332,6 +373,19 @@ class SearchIndex:
             "WHERE c.doc IN ({ids})",
             docs, batch=200,
         )
+
+    def vectors_after(self, chunk_id: int) -> list[tuple[int, bytes]]:
+        """(chunk id, embedding) of the chunks with an id above ``chunk_id``, in id order."""
+        if self._dim is None:
+            return []
+        return self.db.query(
+            "SELECT c.id, v.embedding FROM search_chunks c JOIN search_vectors v ON v.rowid = c.id "
+            "WHERE c.id > ? ORDER BY c.id",
+            (chunk_id,),
+        )
+
+    def chunk_ids(self) -> list[int]:
+        return [r[0] for r in self.db.query("SELECT id FROM search_chunks")]
 
     def status(self) -> IndexStatus:
         by_kind = dict(self.db.query("SELECT kind, COUNT(*) FROM search_docs GROUP BY kind"))

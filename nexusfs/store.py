@@ -49,7 +49,8 @@ class Store:
             from .search.indexer import Indexer
 
             self.indexer = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
-                                   embedder=self.config.embedder or None)
+                                   embedder=self.config.embedder or None,
+                                   last_activity=lambda: max(self.db.last_write, self.vfs.last_read))
             self.meta.on_index_enqueued = self.indexer.notify
             self.indexer.start()
         return self.indexer

@@ -93,6 +93,8 @@ class VFS:
         readahead_blocks: int = 2,
         verify_reads: bool = True,
     ) -> None:
+        #: time.monotonic() of the last read() (the background indexer waits for quiet)
+        self.last_read = 0.0
         self.meta = meta
         self.store = store
         self.block_size = meta.block_size
@@ -440,6 +442,7 @@ class VFS:
             raise fs_error(errno.EBADF, "file is not open for reading")
         if offset < 0 or size < 0:
             raise FsError(errno.EINVAL, "negative offset or size")
+        self.last_read = time.monotonic()
         oi = h.oi
         bs = self.block_size
         with oi.lock:

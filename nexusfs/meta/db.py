@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ class Database(ABC):
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self._depth = 0
+        #: time.monotonic() of this connection's last committed write transaction
+        self.last_write = 0.0
         self._after_commit: list = []
 
     # -- primitives a dialect implements ---------------------------------
@@ -167,7 +170,9 @@ class SQLiteDatabase(Database):
             self.conn = apsw.Connection(path)
         except apsw.CantOpenError as exc:
             raise StoreError(f"cannot open metadata database {path}: {exc}") from None
-        self.conn.setbusytimeout(busy_timeout_ms)
+        self._busy_timeout_s = busy_timeout_ms / 1000
+        self._busy_since = 0.0
+        self.conn.setbusyhandler(self._busy)
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -176,6 +181,18 @@ class SQLiteDatabase(Database):
         except apsw.NotADBError:
             raise StoreError(f"{path} is not a nexusfs metadata database") from None
         self.vector_search = self._load_sqlite_vec()
+
+    def _busy(self, prior_calls: int) -> bool:
+        """Another connection holds the write lock: wait a little and try again (until the
+        timeout). SQLite's own timeout handler sleeps 1, 2, 5, 10… up to 100 ms between tries;
+        a mount's transactions take well under a millisecond, so short naps waste far less."""
+        now = time.monotonic()
+        if prior_calls == 0:
+            self._busy_since = now
+        elif now - self._busy_since > self._busy_timeout_s:
+            return False
+        time.sleep(0.0002 if prior_calls < 50 else 0.002)
+        return True
 
     def _load_sqlite_vec(self) -> bool:
         """Load the sqlite-vec extension (vector tables for semantic search) if installed."""
@@ -208,6 +225,7 @@ class SQLiteDatabase(Database):
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")
+        self.last_write = time.monotonic()
 
     def _rollback(self) -> None:
         if not self.conn.getautocommit():

@@ -40,6 +40,15 @@ MAX_INDEX_BYTES = 16 << 20
 
 Progress = Callable[[int, int | None], None]
 
+#: the background indexer starts a file only after the store's own work (reads, committed
+#: writes) has paused this long: indexing competes for the SQLite write lock, the GIL and
+#: the CPU, and a burst of file system work (tar -xf, git checkout) should not wait for it
+QUIET_S = 0.25
+#: under work that never pauses, it still indexes for INDEX_SLICE_S after every
+#: DEFER_MAX_S of waiting (about a tenth of the time), so the index does not fall behind forever
+DEFER_MAX_S = 5.0
+INDEX_SLICE_S = 0.5
+
 
 @dataclass
 class IndexedContent:
@@ -50,8 +59,13 @@ class IndexedContent:
 
 class Indexer:
     def __init__(self, config: Config, blocks: BlockLayer, *, semantic: bool = True,
-                 embedder: str | None = None) -> None:
+                 embedder: str | None = None, last_activity: Callable[[], float] | None = None) -> None:
+        """``last_activity``: time.monotonic() of the store's last foreground work in this
+        process; the background loop yields to it (see QUIET_S). Foreground calls
+        (``run_until_idle``) never wait."""
         self.config = config
+        self.last_activity = last_activity
+        self._slice_until = 0.0
         self.blocks = blocks
         self.db = open_database(config.metadata)
         self.meta = MetadataEngine(self.db)
@@ -108,7 +122,7 @@ class Indexer:
         idle_rounds = 0
         while not self._stop.is_set():
             try:
-                done = self.run_batch()
+                done = self.run_batch(background=True)
             except Exception:  # noqa: BLE001 - the indexer must survive anything
                 log.exception("indexing failed; retrying shortly")
                 done = 0
@@ -125,13 +139,34 @@ class Indexer:
             self._wake.wait(timeout=2.0)
             self._wake.clear()
 
-    def run_batch(self, limit: int = 32) -> int:
+    def _yield_to_foreground(self) -> None:
+        """Wait until the store has been quiet for QUIET_S, or give up waiting after
+        DEFER_MAX_S and then index without waiting for INDEX_SLICE_S."""
+        if self.last_activity is None or time.monotonic() < self._slice_until:
+            return
+        waited = 0.0
+        while not self._stop.is_set():
+            idle = time.monotonic() - self.last_activity()
+            if idle >= QUIET_S:
+                return
+            if waited >= DEFER_MAX_S:
+                self._slice_until = time.monotonic() + INDEX_SLICE_S
+                return
+            pause = QUIET_S - idle
+            self._stop.wait(pause)
+            waited += pause
+
+    def run_batch(self, limit: int = 32, background: bool = False) -> int:
         """Index up to ``limit`` queued files; returns how many jobs were handled."""
         self.prepare()
+        if background:
+            self._yield_to_foreground()
         jobs = self.index.claim_jobs(limit)
         for job in jobs:
             if self._stop.is_set():
                 break
+            if background:
+                self._yield_to_foreground()
             try:
                 self.index_file(job.inode)
             except Exception as exc:  # noqa: BLE001 - recorded and retried later

@@ -1,0 +1,149 @@
+"""The background indexer yields to the store's own work, and SQLite lock waits are short.
+
+No timing asserts: the tests check what happens (a job stays queued while the store is
+busy, is done once it is quiet, is done anyway under work that never pauses), with
+generous margins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import apsw
+import pytest
+
+import nexusfs
+from nexusfs.meta.db import SQLiteDatabase
+from nexusfs.search import indexer as indexer_mod
+from tests.search_helpers import STORE_SETTINGS
+
+
+class Clock:
+    """A stand-in for the store's last-activity time: busy (now) or quiet (long ago)."""
+
+    def __init__(self) -> None:
+        self.busy = True
+
+    def __call__(self) -> float:
+        return time.monotonic() if self.busy else 0.0
+
+
+def wait_until(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+@pytest.fixture
+def store(store_dir):
+    nx = nexusfs.connect(store_dir, **{**STORE_SETTINGS, "background_indexing": False})
+    yield nx
+    nx.close()
+
+
+def start_indexer(nx: nexusfs.Nexus, clock: Clock) -> indexer_mod.Indexer:
+    st = nx.store
+    ix = indexer_mod.Indexer(st.config, st.vfs.blocks, semantic=False, last_activity=clock)
+    st.meta.on_index_enqueued = ix.notify
+    ix.start()
+    return ix
+
+
+def test_waits_while_the_store_is_busy(store, monkeypatch):
+    monkeypatch.setattr(indexer_mod, "DEFER_MAX_S", 600.0)
+    clock = Clock()
+    ix = start_indexer(store, clock)
+    try:
+        store.write_bytes("/a.txt", b"needle in a haystack\n")
+        time.sleep(1.0)  # four quiet periods: would have been indexed by now if quiet
+        assert store.index_status().pending == 1
+        assert ix.indexed == 0
+        clock.busy = False
+        assert wait_until(lambda: store.index_status().pending == 0)
+        assert [m.path for m in store.grep("needle")] == ["/a.txt"]
+    finally:
+        ix.stop()
+
+
+def test_indexes_anyway_under_work_that_never_pauses(store, monkeypatch):
+    monkeypatch.setattr(indexer_mod, "DEFER_MAX_S", 0.2)
+    clock = Clock()
+    ix = start_indexer(store, clock)
+    try:
+        store.write_many({f"/d/f{i}.txt": f"file {i}\n".encode() for i in range(5)})
+        assert wait_until(lambda: store.index_status().pending == 0)
+        assert ix.indexed == 5
+    finally:
+        ix.stop()
+
+
+def test_foreground_reindex_never_waits(store):
+    clock = Clock()  # busy forever
+    st = store.store
+    ix = indexer_mod.Indexer(st.config, st.vfs.blocks, semantic=False, last_activity=clock)
+    try:
+        store.write_bytes("/b.txt", b"hello\n")
+        assert ix.run_until_idle() == 1
+        assert store.index_status().pending == 0
+    finally:
+        ix.stop()
+
+
+def test_store_activity_is_recorded(store):
+    db = store.store.db
+    before = db.last_write
+    store.write_bytes("/c.txt", b"x" * 10)
+    assert db.last_write > before
+    vfs = store.store.vfs
+    before = vfs.last_read
+    store.write_bytes("/big.bin", b"y" * 300_000)
+    assert store.read_bytes("/big.bin") == b"y" * 300_000
+    assert vfs.last_read > before
+
+
+def test_busy_database_waits_then_succeeds_or_times_out(tmp_path):
+    path = str(tmp_path / "x.db")
+    a = SQLiteDatabase(path)
+    b = SQLiteDatabase(path, busy_timeout_ms=20_000)
+    with a.transaction():
+        a.execute("CREATE TABLE t (v INTEGER)")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with a.transaction():
+            a.execute("INSERT INTO t VALUES (1)")
+            held.set()
+            release.wait(10)
+
+    th = threading.Thread(target=hold)
+    th.start()
+    try:
+        assert held.wait(10)
+        threading.Timer(0.3, release.set).start()
+        with b.transaction():  # waits for a's transaction, then goes through
+            b.execute("INSERT INTO t VALUES (2)")
+    finally:
+        release.set()
+        th.join()
+    assert sorted(r[0] for r in b.query("SELECT v FROM t")) == [1, 2]
+
+    impatient = SQLiteDatabase(path, busy_timeout_ms=100)
+    held.clear()
+    release.clear()
+    th = threading.Thread(target=hold)
+    th.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(apsw.BusyError):
+            with impatient.transaction():
+                impatient.execute("INSERT INTO t VALUES (3)")
+    finally:
+        release.set()
+        th.join()
+    for db in (a, b, impatient):
+        db.close()

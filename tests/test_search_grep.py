@@ -40,7 +40,7 @@ ROOT = "/lib"
 EXTRA = {
     # a NUL byte near the start: binary, skipped (as with grep -I), though it has matching text
     "zz_extra/binary.dat": b"def binary_function():\n\0\x01\x02 import os\nTODO: never shown\n" * 3,
-    # not UTF-8: still text for grep (the 'raw' kind, always scanned)
+    # not UTF-8: still text for grep (the 'nonutf8' kind: its UTF-8 parts are in the trigram index)
     "zz_extra/latin1.txt": "Caf\xe9 cr\xe8me br\xfbl\xe9e\nimport os  # d\xe9j\xe0 vu\nna\xefve TODO\n".encode("latin-1"),
     # no newline at the end
     "zz_extra/noeol.txt": b"first line\nimport os as system_module\nlast line without newline: TODO",
@@ -146,7 +146,7 @@ def test_corpus_is_large_and_indexed(corpus):
     assert 1400 <= st.files <= 2100
     assert st.by_kind.get("text", 0) > 1000
     assert st.by_kind.get("binary") == 1
-    assert st.by_kind.get("raw", 0) >= 1  # latin1.txt, plus the stdlib's own test data
+    assert st.by_kind.get("nonutf8", 0) >= 1  # latin1.txt, plus the stdlib's own test data
     # dup_a and dup_b share one doc
     assert st.docs < st.files
 
@@ -353,7 +353,7 @@ def test_binary_and_latin1_files(unindexed):
         m.check("^..? bytes", ("-i",))
         m.nx.reindex()
     st = m.nx.index_status()
-    assert st.by_kind == {"binary": 2, "raw": 1, "text": 1}
+    assert st.by_kind == {"binary": 2, "nonutf8": 1, "text": 1}
 
 
 def test_errors(nx):

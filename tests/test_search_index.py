@@ -234,7 +234,7 @@ def test_rebuild_reproduces_results(ix):
     patterns = ["function_1", "return [0-9]+ \\* 3", "def", "caf", "\\w+_[0-9]\\(\\)"]
     before = {p: nx.grep(p, "/") for p in patterns}
     st0 = nx.index_status()
-    assert st0.by_kind == {"text": 40, "binary": 1, "raw": 1}
+    assert st0.by_kind == {"text": 40, "binary": 1, "nonutf8": 1}
     n = nx.reindex(rebuild=True)
     assert n == 42
     st = nx.index_status()
@@ -267,12 +267,31 @@ def test_status_fields(ix, monkeypatch):
     nx.reindex()
     st = nx.index_status()
     assert (st.pending, st.failing, st.files, st.docs) == (0, 0, 6, 5)
-    assert st.by_kind == {"text": 2, "binary": 1, "raw": 1, "large": 1}
+    assert st.by_kind == {"text": 2, "binary": 1, "nonutf8": 1, "large": 1}
     assert st.errors == []
-    # too large to index, or not UTF-8: still searched, by reading it
+    # too large to index: still searched, by reading it
     assert len(nx.grep("large file", "/")) == 1000
-    assert candidates(nx, "large file", "/s") == [("/s/big.txt", None), ("/s/raw.txt", None)]
+    assert candidates(nx, "large file", "/s") == [("/s/big.txt", None)]
+    # not UTF-8: its UTF-8 parts are in the trigram index
+    raw_doc = files_row(nx, "/s/raw.txt")[0]
+    assert candidates(nx, "not utf-8", "/s") == [("/s/big.txt", None), ("/s/raw.txt", raw_doc)]
     assert grep_paths(nx, "not utf-8") == ["/s/raw.txt"]
+    assert grep_paths(nx, "\udcff\udcfe not") == ["/s/raw.txt"]  # raw bytes in the pattern
+
+
+def test_non_utf8_docs_of_earlier_builds_are_always_scanned(ix):
+    """Earlier builds recorded non-UTF-8 text as kind 'raw' without trigrams: such docs
+    must still be read by every grep, or their matches would be lost."""
+    nx = ix
+    nx.write_bytes("/old/latin.txt", "caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1"), parents=True)
+    nx.reindex()
+    doc = files_row(nx, "/old/latin.txt")[0]
+    db = nx.meta.db
+    with db.transaction():
+        db.execute("UPDATE search_docs SET kind = 'raw' WHERE id = ?", (doc,))
+        db.execute("DELETE FROM search_trigrams WHERE rowid = ?", (doc,))
+    assert candidates(nx, "zzz_absent", "/old") == [("/old/latin.txt", None)]
+    assert grep_paths(nx, "cr.me") == ["/old/latin.txt"]
 
 
 def test_failing_job_is_retried_and_reported(ix, monkeypatch):

@@ -180,9 +180,11 @@ CREATE TABLE index_jobs (
 -- one doc (content-addressed, like blocks), so copies cost nothing to index.
 --   id         : doc number (rowid of the dialect's full-text and vector tables)
 --   digest     : BLAKE3 over the file's size and block hashes, or its inline content
---   kind       : 'text' (in the grep index), 'raw' (text that is not UTF-8: always
---                scanned), 'binary' (skipped by grep), 'pdf' / 'docx' (text extracted for
---                semantic search only), 'large' (too large to index: always scanned)
+--   kind       : 'text' (in the grep index), 'nonutf8' (text that is not valid UTF-8:
+--                its valid parts in the grep index), 'raw' (the same, indexed by an older
+--                version: always scanned), 'binary' (skipped by grep), 'pdf' / 'docx'
+--                (text extracted for semantic search only), 'large' (too large to index:
+--                always scanned)
 --   size       : content length in bytes
 --   chunks     : number of search_chunks rows (semantic pieces)
 --   indexed_ns : when it was indexed

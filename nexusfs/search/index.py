@@ -31,7 +31,8 @@ MAX_BACKOFF_S = 3600
 LEASE_S = 120
 
 TEXT_KINDS = ("text",)
-#: docs grep cannot rule out from the trigram index: always scanned
+#: docs grep cannot rule out from the trigram index: always scanned ('raw': text that is
+#: not UTF-8, as earlier builds indexed it; now it is 'nonutf8', in the trigram index)
 ALWAYS_SCAN_KINDS = ("raw", "large")
 
 

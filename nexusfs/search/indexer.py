@@ -244,12 +244,15 @@ class Indexer:
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
-                kind = "raw"
+                # text in another encoding, or with stray bytes: its UTF-8 parts go into the
+                # grep index (each invalid byte becomes U+FFFD, which no pattern's trigram
+                # requires: literals of raw bytes are left out of trigram queries)
+                kind = "nonutf8"
+                text = data.decode("utf-8", "replace")
+            if len(data) > MAX_TRIGRAM_BYTES:
+                kind = "large"
             else:
-                if len(data) > MAX_TRIGRAM_BYTES:
-                    kind = "large"
-                else:
-                    trigram_text = text
+                trigram_text = text
         chunks: list[tuple[int, int, int, str]] = []
         if self.semantic and data and self.embedder() is not None:
             from .chunk import chunk_text

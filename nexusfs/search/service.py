@@ -151,19 +151,23 @@ class Searcher:
             targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
         else:
             targets = self._grep_candidates(pattern, root_ino, root, opts)
-        contents: dict[Any, bytes | None] = {}
+        # the lines of each distinct content, matched once: copies and hard links share them
+        found: dict[Any, list[tuple[int, str]]] = {}
         out: list[GrepMatch] = []
         for ino, path, doc in targets:
             key = ("doc", doc) if doc is not None else ("ino", ino)
-            if key not in contents:
-                contents[key] = self._read(ino)
-            data = contents[key]
-            if data is None or is_binary(data):
-                continue
-            hits = match_lines(rx, data, opts)
-            if max_count is not None:
-                hits = hits[:max_count]
-            out.extend(GrepMatch(path, n, paths.decode(line)) for n, line in hits)
+            lines = found.get(key)
+            if lines is None:
+                data = self._read(ino)
+                if data is None or is_binary(data):
+                    lines = []
+                else:
+                    hits = match_lines(rx, data, opts)
+                    if max_count is not None:
+                        hits = hits[:max_count]
+                    lines = [(n, paths.decode(line)) for n, line in hits]
+                found[key] = lines
+            out.extend(GrepMatch(path, n, text) for n, text in lines)
         out.sort(key=lambda m: (m.path, m.line_no))
         return out
 

@@ -5,7 +5,10 @@ Runs, each as a subprocess:
 
 * ``tests/bench/bench_mount.py`` — local disk vs nexusfs vs JuiceFS through
   real mounts (sequential write/read, create/stat/unlink, tar -xf);
-* ``tests/bench/bench_api.py`` — the engine's Python API, if that script exists.
+* ``tests/bench/bench_api.py`` — the engine's Python API, if that script exists;
+* ``tests/bench/bench_search.py`` — grep, semantic search and glob on copies of CPython's
+  ``Lib/`` beside rg and grep: ``--search-copies`` copies (default 5, ~9.5k files, with the
+  unique-content variant), or ``--full`` for the 100k-file run of FACTS.md (53 copies, ~1 h).
 
 Then writes to ``--out`` (default ``bench-results/`` at the repo root):
 
@@ -198,7 +201,8 @@ def embed_output(text: str) -> str:
 
 
 def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, api: tuple[int, str, float] | None,
-                 charts: list[tuple[str, str]], extra_versions: dict[str, str]) -> str:
+                 charts: list[tuple[str, str]], extra_versions: dict[str, str],
+                 search: tuple[int, str, float] | None = None) -> str:
     lines = ["# nexusfs benchmark results", ""]
     machine = dict(data["machine"]) if data else {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": str(os.cpu_count()),
@@ -293,10 +297,37 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
                 else:
                     lines += [f"- [{rel}]({rel})"]
             lines.append("")
+    lines += search_section(out, search)
     report = "\n".join(lines)
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(report)
     return report
+
+
+def search_section(out: str, search: tuple[int, str, float] | None) -> list[str]:
+    """The search benchmark's tables (its own ``## Search`` heading included), or why they are missing."""
+    if search is None:
+        present = os.path.exists(os.path.join(HERE, "bench_search.py"))
+        return ["## Search (`tests/bench/bench_search.py`)", "",
+                "Not run this time." if present else "bench_search.py is not present: skipped.", ""]
+    rc, text, secs = search
+    md = os.path.join(out, "search", "bench_search.md")
+    body = text
+    if rc == 0 and os.path.exists(md):
+        with open(md, encoding="utf-8") as f:
+            body = f.read()
+    head, _, rest = body.strip().partition("\n")
+    if not head.startswith("## "):
+        head, rest = "## Search (`tests/bench/bench_search.py`)", body
+    lines = [head, ""]
+    if secs:
+        lines += [f"Ran in {secs / 60:.1f} min" + ("." if rc == 0 else f" — **exit status {rc}**."), ""]
+    elif rc != 0:
+        lines += [f"Exit status {rc}.", ""]
+    lines += [embed_output(rest) if rest.strip() else "(no output)", "",
+              "- [search/bench_search.json](search/bench_search.json) (every sample); "
+              "[search-output.txt](search-output.txt)", ""]
+    return lines
 
 
 def _versions() -> dict[str, str]:
@@ -319,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs of each measurement (default: each script's)")
     ap.add_argument("--skip-mount", action="store_true", help="do not run bench_mount.py")
     ap.add_argument("--skip-api", action="store_true", help="do not run bench_api.py")
+    ap.add_argument("--skip-search", action="store_true", help="do not run bench_search.py")
+    ap.add_argument("--search-copies", type=int, default=5,
+                    help="copies of CPython's Lib/ in the search corpus (default 5: ~9.5k files)")
+    ap.add_argument("--full", action="store_true",
+                    help="search benchmark at full size: 53 copies (~100k files, ~1 h, several GB of scratch)")
     ap.add_argument("--charts-only", action="store_true",
                     help="rebuild results.md and the charts from OUT/mount.json without running anything")
     args, passthrough = ap.parse_known_args(argv)
@@ -353,15 +389,31 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(out, "api-output.txt"), encoding="utf-8") as f:
             api = (0, f.read(), 0.0)
 
+    search = None
+    search_script = os.path.join(HERE, "bench_search.py")
+    search_dir = os.path.join(out, "search")
+    if os.path.exists(search_script) and not args.skip_search and not args.charts_only:
+        cmd = [sys.executable, search_script, "--out", search_dir, "--unique"]
+        if args.full:
+            cmd += ["--copies", "53"]
+        else:
+            cmd += ["--copies", str(args.search_copies), "--unique-semantic-copies", "1"]
+        if args.repeat:
+            cmd += ["--repeat", str(args.repeat)]
+        cmd += shared_options(passthrough, "--tmp")
+        search = run_script(cmd, os.path.join(out, "search-output.txt"))
+    elif args.charts_only and os.path.exists(os.path.join(search_dir, "bench_search.md")):
+        search = (0, "", 0.0)
+
     charts: list[tuple[str, str]] = []
     if data:
         try:
             charts = make_charts(data, out)
         except ImportError:
             log("matplotlib is not installed (pip install matplotlib): no charts")
-    write_report(out, data, mount_rc, mount_secs, api, charts, _versions())
+    write_report(out, data, mount_rc, mount_secs, api, charts, _versions(), search)
     log(f"\nwrote {os.path.join(out, 'results.md')}" + "".join(f", {c[0]}" for c in charts))
-    failed = mount_rc != 0 or (api is not None and api[0] != 0)
+    failed = mount_rc != 0 or (api is not None and api[0] != 0) or (search is not None and search[0] != 0)
     return 1 if failed else 0
 
 

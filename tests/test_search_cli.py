@@ -138,7 +138,7 @@ def test_index_commands(tree, monkeypatch):
     status = nexus("index", "--status").stdout
     assert re.search(r"^queued files: +0$", status, re.M)
     assert re.search(r"^indexed files: +7$", status, re.M)
-    assert re.search(r"^distinct content: +7 \(1 binary, 1 raw, 5 text\)$", status, re.M), status
+    assert re.search(r"^distinct content: +7 \(1 binary, 1 nonutf8, 5 text\)$", status, re.M), status
     assert "failing" not in status
     out = nexus("index", "--rebuild").stdout
     assert out.startswith("indexed 7 file(s); 7 files, 7 distinct contents"), out

@@ -50,7 +50,7 @@ class Store:
 
             self.indexer = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
                                    embedder=self.config.embedder or None,
-                                   last_activity=lambda: max(self.db.last_write, self.vfs.last_read))
+                                   last_activity=lambda: max(self.db.last_write, self.vfs.last_use))
             self.meta.on_index_enqueued = self.indexer.notify
             self.indexer.start()
         return self.indexer

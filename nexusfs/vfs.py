@@ -93,8 +93,9 @@ class VFS:
         readahead_blocks: int = 2,
         verify_reads: bool = True,
     ) -> None:
-        #: time.monotonic() of the last read() (the background indexer waits for quiet)
-        self.last_read = 0.0
+        #: time.monotonic() of the last lookup, getattr, readdir, open, read or write: the
+        #: background indexer waits for the store to be quiet (writes also count when committed)
+        self.last_use = 0.0
         self.meta = meta
         self.store = store
         self.block_size = meta.block_size
@@ -165,12 +166,15 @@ class VFS:
         return attr
 
     def getattr(self, ino: int) -> Attr:
+        self.last_use = time.monotonic()
         return self._overlay(self.meta.getattr(ino))
 
     def lookup(self, parent: int, name: bytes) -> Attr:
+        self.last_use = time.monotonic()
         return self._overlay(self.meta.lookup(parent, name))
 
     def readdir(self, ino: int, after: int = 0, limit: int = 1000) -> list[DirEntry]:
+        self.last_use = time.monotonic()
         entries = self.meta.readdir(ino, after, limit)
         if self._open:
             for e in entries:
@@ -260,6 +264,7 @@ class VFS:
     # ------------------------------------------------------------ open files
     def open(self, ino: int, flags: int, *, update_atime: bool = True, attr: Attr | None = None) -> int:
         """Open a regular file; return a handle number. ``attr``: its attributes, if just read."""
+        self.last_use = time.monotonic()
         if attr is None:
             attr = self.meta.getattr(ino)
         acc = flags & os.O_ACCMODE
@@ -442,7 +447,7 @@ class VFS:
             raise fs_error(errno.EBADF, "file is not open for reading")
         if offset < 0 or size < 0:
             raise FsError(errno.EINVAL, "negative offset or size")
-        self.last_read = time.monotonic()
+        self.last_use = time.monotonic()
         oi = h.oi
         bs = self.block_size
         with oi.lock:
@@ -492,6 +497,7 @@ class VFS:
 
     # ----------------------------------------------------------------- write
     def write(self, fh: int, offset: int, data: Buffer, *, wait: bool = True) -> int:
+        self.last_use = time.monotonic()
         h = self._handle(fh)
         if not h.writable:
             raise fs_error(errno.EBADF, "file is not open for writing")

@@ -99,10 +99,10 @@ def test_store_activity_is_recorded(store):
     store.write_bytes("/c.txt", b"x" * 10)
     assert db.last_write > before
     vfs = store.store.vfs
-    before = vfs.last_read
+    before = vfs.last_use
     store.write_bytes("/big.bin", b"y" * 300_000)
     assert store.read_bytes("/big.bin") == b"y" * 300_000
-    assert vfs.last_read > before
+    assert vfs.last_use > before
 
 
 def test_busy_database_waits_then_succeeds_or_times_out(tmp_path):

@@ -122,6 +122,7 @@ class BlockLayer:
         self.codec = Codec(compression)
         self.verify_reads = verify_reads
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nexus-io")
+        self.cache_bytes = cache_bytes
         self._cache: LRUCache[int, Buffer] = LRUCache(maxsize=cache_bytes, getsizeof=len)
         self._cache_lock = threading.Lock()
         self._inflight: dict[int, Future[Buffer]] = {}

@@ -86,6 +86,14 @@ PATTERNS = [
     "**/*.nothing",
     "**/**/leaf.txt",
     "deep/a/*/c/*",
+    # wildcards in directory components before a '**' (the walk prunes by them)
+    "*/a/**/*.txt",
+    "d*/?/**",
+    "[de]*/**/*.py",
+    "*/.dot/*",
+    "deep/*/b/**/",
+    ".*/**/*.txt",
+    "[!e]*/**/*.json",
 ]
 
 SCOPED = [

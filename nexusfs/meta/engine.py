@@ -717,6 +717,21 @@ class MetadataEngine:
         row = self.db.query_one("SELECT id, hash, size, stored_size, codec FROM objects WHERE id = ?", (oid,))
         return ObjectRef(row[0], bytes(row[1]), row[2], row[3], row[4]) if row else None
 
+    def content_location(self, ino: int) -> tuple[int, bytes | None, dict[int, ObjectRef]] | None:
+        """(size, inline content or None, block map) of a file, read in one statement so the
+        three agree; None if the inode does not exist."""
+        rows = self.db.query(
+            "SELECT i.size, i.inline, b.idx, o.id, o.hash, o.size, o.stored_size, o.codec FROM inodes i "
+            "LEFT JOIN blocks b ON b.inode = i.id LEFT JOIN objects o ON o.id = b.object "
+            "WHERE i.id = ? ORDER BY b.idx",
+            (ino,),
+        )
+        if not rows:
+            return None
+        inline = None if rows[0][1] is None else bytes(rows[0][1])
+        blocks = {r[2]: ObjectRef(r[3], bytes(r[4]), r[5], r[6], r[7]) for r in rows if r[3] is not None}
+        return rows[0][0], inline, blocks
+
     def block_map(self, ino: int) -> dict[int, ObjectRef]:
         rows = self.db.query(
             "SELECT b.idx, o.id, o.hash, o.size, o.stored_size, o.codec FROM blocks b "

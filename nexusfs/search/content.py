@@ -35,6 +35,11 @@ def read_committed(meta: MetadataEngine, blocks: BlockLayer, ino: int, size: int
     if inline is not None:
         return inline[:size]
     bs = meta.block_size
+    if block_map is not None and len(block_map) == 1 and 0 in block_map and size <= bs:
+        # the common case: one block holds the whole file; no assembling
+        data = blocks.fetch(block_map[0])
+        if len(data) >= size:
+            return data if len(data) == size and isinstance(data, bytes) else bytes(memoryview(data)[:size])
     out = bytearray(size)
     view = memoryview(out)
     for idx, ref in (block_map or {}).items():

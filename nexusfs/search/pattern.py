@@ -72,6 +72,16 @@ class GlobPattern:
     hidden: bool
     #: 'a/**' also matches 'a' itself, but only a directory 'a' (None: no trailing '**')
     dir_regex: re.Pattern[str] | None = None
+    #: what the name of a directory at depth i must match for the walk to enter it, for the
+    #: components before the first ``**`` (beyond them, any directory may hold matches)
+    dir_components: tuple[re.Pattern[str], ...] = ()
+
+    def may_enter(self, depth: int, name: str) -> bool:
+        """Can a directory ``name`` at ``depth`` (0: directly in the searched directory)
+        contain matches?"""
+        if depth < len(self.dir_components):
+            return self.dir_components[depth].fullmatch(name) is not None
+        return self.recursive or depth + 1 < self.depth
 
     def match(self, relpath: str, is_dir: bool = False) -> bool:
         if self.dirs_only and not is_dir:
@@ -107,6 +117,11 @@ def compile_glob(pattern: str) -> GlobPattern:
     dir_regex = None
     if last > 0 and comps[last] == "**":
         dir_regex = re.compile("".join(parts[:-1]), re.DOTALL)
+    dir_components: list[re.Pattern[str]] = []
+    for comp in comps[:-1]:
+        if comp == "**":
+            break
+        dir_components.append(re.compile(_translate_component(comp), re.DOTALL))
     prefix: list[str] = []
     for comp in comps[:-1]:
         if has_magic(comp) or comp == "**":
@@ -121,4 +136,5 @@ def compile_glob(pattern: str) -> GlobPattern:
         depth=len(comps),
         hidden=any(c.startswith(".") for c in comps),
         dir_regex=dir_regex,
+        dir_components=tuple(dir_components),
     )

@@ -135,7 +135,7 @@ class Searcher:
                 is_dir = stat.S_ISDIR(mode)
                 if g.match(p[skip:], is_dir):
                     out.append((p, child))
-                if is_dir and (g.recursive or depth + 1 < g.depth):
+                if is_dir and g.may_enter(depth, p[p.rfind("/") + 1 :]):
                     if name.startswith(b".") and not g.hidden:
                         continue
                     stack.append((p, child, depth + 1))
@@ -153,12 +153,13 @@ class Searcher:
             targets = self._grep_candidates(pattern, root_ino, root, opts)
         # the lines of each distinct content, matched once: copies and hard links share them
         found: dict[Any, list[tuple[int, str]]] = {}
+        located = self._locate_and_prefetch(targets) if len(targets) > 1 else {}
         out: list[GrepMatch] = []
         for ino, path, doc in targets:
             key = ("doc", doc) if doc is not None else ("ino", ino)
             lines = found.get(key)
             if lines is None:
-                data = self._read(ino)
+                data = self._read(ino, located.get(ino))
                 if data is None or is_binary(data):
                     lines = []
                 else:
@@ -171,12 +172,32 @@ class Searcher:
         out.sort(key=lambda m: (m.path, m.line_no))
         return out
 
-    def _read(self, ino: int) -> bytes | None:
-        row = self.meta.db.query_one("SELECT size FROM inodes WHERE id = ?", (ino,))
-        if row is None:
+    def _locate_and_prefetch(self, targets: list[tuple[int, str, int | None]]) -> dict[int, Any]:
+        """Where the content of each distinct candidate lies; starts fetching its blocks in
+        the I/O threads (at most a quarter of the block cache), so reads overlap matching."""
+        located: dict[int, Any] = {}
+        seen: set[Any] = set()
+        budget = self.blocks.cache_bytes // 4
+        for ino, _path, doc in targets:
+            key = ("doc", doc) if doc is not None else ("ino", ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            loc = self.meta.content_location(ino)
+            located[ino] = loc
+            if loc is not None and loc[2] and budget > 0:
+                refs = list(loc[2].values())
+                budget -= sum(r.size for r in refs)
+                self.blocks.prefetch(refs)
+        return located
+
+    def _read(self, ino: int, located: Any = None) -> bytes | None:
+        loc = located if located is not None else self.meta.content_location(ino)
+        if loc is None:
             return None
+        size, inline, block_map = loc
         try:
-            return read_committed(self.meta, self.blocks, ino, row[0])
+            return read_committed(self.meta, self.blocks, ino, size, inline, block_map)
         except OSError:
             return None
 

@@ -107,6 +107,8 @@ class Store:
             if self.indexer is not None:
                 self.meta.on_index_enqueued = None
                 self.indexer.stop()
+            if self._searcher is not None:
+                self._searcher.close()
             self.vfs.close()
             self.db.make_durable()
         finally:

@@ -170,3 +170,22 @@ def test_wordllama_pooling_equals_the_reference():
     assert np.allclose(ours, ref, atol=1e-5)
     assert not ours[2].any()  # no tokens: a zero row
     assert np.allclose(np.linalg.norm(ours[[0, 1, 3, 4, 5]], axis=1), 1.0, atol=1e-5)
+
+
+def test_bm25_words_are_kept_rarest_first_within_the_postings_budget(store, monkeypatch):
+    import nexusfs.search.service as service
+
+    s = searcher(store)
+    counts = s.index.term_doc_counts(["honey", "guitar", "note"])
+    assert 0 < counts["honey"] < counts["note"] and 0 < counts["guitar"] < counts["note"]
+    # a budget that holds the two rare words but not the common one
+    monkeypatch.setattr(service, "BM25_MAX_DOC_SHARE", 1.0)
+    monkeypatch.setattr(service, "BM25_POSTINGS", counts["honey"] + counts["guitar"])
+    assert s._bm25_expression("note guitar honey") == '"guitar" OR "honey"'
+    # a budget below the rarest word's own count: the rarest word alone
+    monkeypatch.setattr(service, "BM25_POSTINGS", 1)
+    # (on equal counts the word that comes first in the query)
+    rarest = "guitar" if counts["guitar"] <= counts["honey"] else "honey"
+    assert s._bm25_expression("note guitar honey") == f'"{rarest}"'
+    # the search still answers
+    assert store.search("honey bees comb", "/v", k=1)[0].path.startswith("/v/doc")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 import stat
+import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,8 @@ STOPWORDS = frozenset(
 #: a query word found in more than this share of all chunks is left out of BM25 queries too
 #: (unless it is the query's only word): same reason, for a corpus's own common words
 BM25_MAX_DOC_SHARE = 0.10
+#: at most this many chunks (summed over the words kept) are ranked by BM25 per query
+BM25_POSTINGS = 12_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,8 @@ class Searcher:
         self.embedder_name = embedder
         self.semantic = semantic
         self.vectors = VectorMatrix(self.index)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._ready = False
 
     def prepare(self) -> None:
@@ -240,16 +246,23 @@ class Searcher:
         emb = self._embedder()
         want = max(50, k * 10)
         ranked: dict[int, float] = defaultdict(float)
+        qv = None
+        ranking = None
         if emb is not None:
             qv = emb.embed([query])[0].astype("float32")
-            nearest = self.vectors.nearest(qv, want)
-            if nearest is None:  # too many vectors to hold in memory: sqlite-vec scans them
+            if self.vectors.sync():
+                # numpy's scan of the vectors runs in a worker thread while SQLite ranks by
+                # BM25 here: both release the GIL, so the two take the time of the slower one
+                ranking = self._knn_pool().submit(self.vectors.rank, qv, want)
+        bm25 = self.index.bm25_chunks(self._bm25_expression(query), want)
+        if qv is not None:
+            if ranking is not None:
+                nearest = ranking.result()
+            else:  # too many vectors to hold in memory: sqlite-vec scans them
                 nearest = self.index.nearest_chunks(qv.tobytes(), want)
             for rank, (cid, _dist) in enumerate(nearest):
                 ranked[cid] += 1.0 / (RRF_K + rank + 1)
-        else:
-            qv = None
-        for rank, (cid, _score) in enumerate(self.index.bm25_chunks(self._bm25_expression(query), want)):
+        for rank, (cid, _score) in enumerate(bm25):
             ranked[cid] += 1.0 / (RRF_K + rank + 1)
         hits = self._hits(ranked, root, k, query)
         if len(hits) < k and root != "/":
@@ -306,14 +319,37 @@ class Searcher:
         return self._hits(scored, root, k, query)
 
     def _bm25_expression(self, query: str) -> str:
-        """An FTS5 OR-query of the query's words that say something about this corpus."""
+        """An FTS5 OR-query of the query's words that say something about this corpus: words
+        in more than BM25_MAX_DOC_SHARE of the chunks are left out, and the rest are taken
+        rarest first while their chunks add up to at most BM25_POSTINGS (FTS5 scores every
+        chunk of every word, so this bounds the cost on a large store). The rarest word always
+        stays. Which words were chosen does not depend on their order in the query."""
         words = bm25_words(query)
         total = self.vectors.rows or self.index.chunk_count_estimate()
         if len(words) > 1 and total:
             counts = self.index.term_doc_counts(words)
-            rare = [w for w in words if counts.get(w, 0) <= BM25_MAX_DOC_SHARE * total]
-            words = rare or [min(words, key=lambda w: counts.get(w, 0))]
+            by_rarity = sorted(words, key=lambda w: counts.get(w, 0))
+            keep = {by_rarity[0]}
+            postings = counts.get(by_rarity[0], 0)
+            for w in by_rarity[1:]:
+                n = counts.get(w, 0)
+                if n > BM25_MAX_DOC_SHARE * total or postings + n > BM25_POSTINGS:
+                    break
+                keep.add(w)
+                postings += n
+            words = [w for w in words if w in keep]
         return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+    def _knn_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexus-knn")
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _resolve_dir(self, root: str) -> int | None:
         ino = ROOT_INODE

@@ -48,9 +48,18 @@ class VectorMatrix:
     def nearest(self, vector: np.ndarray, k: int) -> list[tuple[int, float]] | None:
         """The ``k`` chunks most similar to ``vector`` (unit length) as (chunk id, cosine),
         best first; None when the copy would exceed the memory limit (ask sqlite-vec)."""
+        if not self.sync():
+            return None
+        return self.rank(vector, k)
+
+    def sync(self) -> bool:
+        """Bring the copy up to date with the database; False if it is over the memory limit."""
         with self._lock:
-            if not self._refresh():
-                return None
+            return self._refresh()
+
+    def rank(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """``nearest`` over the copy as it is (no database access: safe beside other queries)."""
+        with self._lock:
             n = self._n
             if n == 0 or k <= 0:
                 return []

@@ -14,7 +14,8 @@ import re
 import shutil
 import subprocess
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import nexusfs
 
@@ -32,6 +33,23 @@ STORE_SETTINGS = dict(block_size=64 * 1024, inline_max=1024, cache_size=8 << 20,
 C_ENV = dict(os.environ, LC_ALL="C", LANG="C")
 
 Row = tuple[str, int, bytes]  # (path relative to the searched directory, line number, line)
+
+
+@contextmanager
+def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> Iterator[nexusfs.Nexus]:
+    """A store holding ``files``, indexed for semantic search (its background indexer off);
+    skips the test where semantic indexing cannot run."""
+    import pytest
+
+    nx = nexusfs.connect(path, **{**STORE_SETTINGS, "semantic": True, **settings, "background_indexing": False})
+    try:
+        nx.write_many(files)
+        nx.reindex()
+        if nx.index_status().chunks == 0:
+            pytest.skip("semantic indexing is off here")
+        yield nx
+    finally:
+        nx.close()
 
 
 def stdlib_root() -> str:

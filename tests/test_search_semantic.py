@@ -13,7 +13,13 @@ from __future__ import annotations
 import pytest
 
 import nexusfs
-from tests.search_helpers import STORE_SETTINGS, fsck_clean, make_docx, make_pdf
+from tests.search_helpers import (
+    STORE_SETTINGS,
+    fsck_clean,
+    indexed_semantic_store,
+    make_docx,
+    make_pdf,
+)
 
 pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
 
@@ -300,15 +306,8 @@ def test_k_and_errors(sem):
 @pytest.fixture
 def fresh(store_dir):
     """A semantic store whose indexer runs only when the test says so."""
-    nx = nexusfs.connect(store_dir, **{**SETTINGS, "background_indexing": False})
-    try:
-        nx.write_many({f"{ROOT}/{p}": t.encode() for p, t in DOCS.items()})
-        nx.reindex()
-        if nx.index_status().chunks == 0:
-            pytest.skip("semantic indexing is off here")
+    with indexed_semantic_store(store_dir, {f"{ROOT}/{p}": t.encode() for p, t in DOCS.items()}) as nx:
         yield nx
-    finally:
-        nx.close()
 
 
 def test_pending_files_are_counted(fresh):

@@ -14,7 +14,7 @@ import pytest
 import nexusfs
 from nexusfs.search.service import STOPWORDS, bm25_words
 from nexusfs.search.vectors import VectorMatrix
-from tests.search_helpers import STORE_SETTINGS
+from tests.search_helpers import STORE_SETTINGS, indexed_semantic_store
 
 pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
 
@@ -39,15 +39,8 @@ def doc(i: int) -> bytes:
 
 @pytest.fixture
 def store(store_dir):
-    nx = nexusfs.connect(store_dir, **SETTINGS)
-    try:
-        nx.write_many({f"/v/doc{i:02d}.txt": doc(i) for i in range(16)}, parents=True)
-        nx.reindex()
-        if nx.index_status().chunks == 0:
-            pytest.skip("semantic indexing is off here")
+    with indexed_semantic_store(store_dir, {f"/v/doc{i:02d}.txt": doc(i) for i in range(16)}) as nx:
         yield nx
-    finally:
-        nx.close()
 
 
 def searcher(nx: nexusfs.Nexus):

@@ -147,3 +147,12 @@ def test_busy_database_waits_then_succeeds_or_times_out(tmp_path):
         th.join()
     for db in (a, b, impatient):
         db.close()
+
+
+def test_a_claim_outlives_the_waits_of_its_batch():
+    """Claimed jobs stay claimed while the background loop waits for quiet before each of
+    them; otherwise another indexer would take the same files over."""
+    from nexusfs.search.index import LEASE_S
+
+    worst = indexer_mod.BACKGROUND_BATCH * (indexer_mod.DEFER_MAX_S + indexer_mod.INDEX_SLICE_S)
+    assert worst < LEASE_S

@@ -48,6 +48,8 @@ QUIET_S = 0.25
 #: DEFER_MAX_S of waiting (about a tenth of the time), so the index does not fall behind forever
 DEFER_MAX_S = 5.0
 INDEX_SLICE_S = 0.5
+#: jobs claimed at a time by the background loop: BACKGROUND_BATCH * DEFER_MAX_S < LEASE_S
+BACKGROUND_BATCH = 8
 
 
 @dataclass
@@ -122,7 +124,8 @@ class Indexer:
         idle_rounds = 0
         while not self._stop.is_set():
             try:
-                done = self.run_batch(background=True)
+                # few jobs per claim: waiting for quiet between files must not outlast the lease
+                done = self.run_batch(BACKGROUND_BATCH, background=True)
             except Exception:  # noqa: BLE001 - the indexer must survive anything
                 log.exception("indexing failed; retrying shortly")
                 done = 0

@@ -323,7 +323,7 @@ class Searcher:
         in more than BM25_MAX_DOC_SHARE of the chunks are left out, and the rest are taken
         rarest first while their chunks add up to at most BM25_POSTINGS (FTS5 scores every
         chunk of every word, so this bounds the cost on a large store). The rarest word always
-        stays. Which words were chosen does not depend on their order in the query."""
+        stays (of equally rare words, the one said first)."""
         words = bm25_words(query)
         total = self.vectors.rows or self.index.chunk_count_estimate()
         if len(words) > 1 and total:

@@ -93,6 +93,11 @@ PATTERNS = [
     ("[0-9]+", ("-F",), "."),
     ("$(", ("-F",), "."),
     ("http://", ("-F", "-i"), "."),
+    # -i of plain text is matched by lowering both sides: the same lines as the regex engine
+    ("MockResource", ("-i",), "."),
+    ("Copyright", ("-i", "-w"), "."),
+    ("def __init__(self", ("-F", "-i"), "."),
+    ("caf\xe9", ("-i",), "."),
     ("*args", ("-F", "-w"), "."),
     # dots and quantifiers
     ("lambda .*: None", (), "."),
@@ -349,6 +354,7 @@ def test_binary_and_latin1_files(unindexed):
         rows = m.check("matching")
         assert {r[0] for r in rows} == {"txt/latin.txt", "txt/plain.txt"}, phase
         m.check("\xe9t\xe9".encode("latin-1").decode("utf-8", "surrogateescape"))
+        m.check("MATCHING TEXT \xe9".encode("latin-1").decode("utf-8", "surrogateescape"), ("-i",))
         m.check("t.t.$")
         m.check("^..? bytes", ("-i",))
         m.nx.reindex()

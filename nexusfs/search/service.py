@@ -26,7 +26,7 @@ from ..blocks import BlockLayer
 from ..meta.engine import MetadataEngine
 from ..types import ROOT_INODE
 from .content import read_committed
-from .grep import GrepMatch, GrepOptions, compile_pattern, is_binary, match_lines, translate_gnu
+from .grep import GrepMatch, GrepOptions, is_binary, line_matcher, translate_gnu
 from .index import SearchIndex
 from .indexer import load_embedder
 from .literals import fts5_expression, required_query
@@ -151,7 +151,7 @@ class Searcher:
     # ----------------------------------------------------------------- grep
     def grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions,
              max_count: int | None = None) -> list[GrepMatch]:
-        rx = compile_pattern(pattern, opts)
+        matching_lines = line_matcher(pattern, opts)
         attr = self.meta.getattr(root_ino)
         if attr.is_reg:
             targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
@@ -169,7 +169,7 @@ class Searcher:
                 if data is None or is_binary(data):
                     lines = []
                 else:
-                    hits = match_lines(rx, data, opts)
+                    hits = matching_lines(data)
                     if max_count is not None:
                         hits = hits[:max_count]
                     lines = [(n, paths.decode(line)) for n, line in hits]

@@ -266,6 +266,8 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
             lines += ["Notes:", ""] + [f"- {n}" for n in data["notes"]] + [""]
         for fname, caption in charts:
             lines += [f"![{caption}]({fname})", ""]
+    elif mount_rc == 0:
+        lines += ["## Mounted filesystems", "", "Not run this time.", ""]
     else:
         lines += ["## Mounted filesystems", "", f"bench_mount.py failed (exit status {mount_rc}); "
                   "see mount-output.txt.", ""]

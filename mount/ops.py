@@ -94,6 +94,8 @@ class NexusOperations(pyfuse3.Operations):
         self.enable_writeback_cache = writeback_cache
         #: data_version of each file as of the kernel's page cache (for keep_cache)
         self._cached_version: dict[int, int] = {}
+        #: a trio.Event the runner sets up inside trio.run, set once the kernel's INIT is answered
+        self.handshake: Any = None
 
     # ------------------------------------------------------------ helpers
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
@@ -154,7 +156,11 @@ class NexusOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ lifecycle
     def init(self) -> None:
+        # called while pyfuse3 answers the kernel's INIT request: the reply goes out
+        # before this task yields again, so whoever awaits ``handshake`` runs after it
         log.info("filesystem ready")
+        if self.handshake is not None:
+            self.handshake.set()
 
     # ------------------------------------------------------------ namespace
     @_translate

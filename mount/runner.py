@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from nexusfs.config import Config
 from nexusfs.errors import NexusError
@@ -128,7 +129,7 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 raise MountError(f"mounting {path} failed: {exc}") from None
             log.info("store %s mounted at %s", config.home, path)
             try:
-                trio.run(_serve, ready_fd, path)
+                trio.run(_serve, ready_fd, path, ops)
             finally:
                 log.info("unmounting %s and writing out all data", path)
                 pyfuse3.close(unmount=True)
@@ -148,6 +149,9 @@ def _purge_orphans(store: Store) -> int:
         store.meta.purge_inode(ino)
     return len(orphans)
 
+
+#: how long to wait for the kernel's INIT request before reporting the mount ready anyway
+HANDSHAKE_WAIT_S = 10.0
 
 #: kernel read-ahead for the mount, KiB. The default (128) makes the kernel send
 #: 128 KiB read requests; 1 MiB requests read files about a third faster here.
@@ -178,7 +182,7 @@ def _raise_readahead(path: str) -> None:
         log.debug("could not raise read-ahead for %s: %s", path, exc)
 
 
-async def _serve(ready_fd: int | None, path: str) -> None:
+async def _serve(ready_fd: int | None, path: str, ops: Any) -> None:
     import pyfuse3
     import trio
 
@@ -196,14 +200,18 @@ async def _serve(ready_fd: int | None, path: str) -> None:
                     pyfuse3.terminate()
                     return
 
-        async def tune_readahead() -> None:
-            await trio.sleep(0.3)  # the handshake is the first request served
+        async def after_handshake() -> None:
+            # Read-ahead can only be raised once the kernel has our INIT reply; report
+            # the mount ready after that, so the first reads are already large ones.
+            with trio.move_on_after(HANDSHAKE_WAIT_S):
+                await ops.handshake.wait()
             _raise_readahead(path)
+            if ready_fd is not None:
+                _notify(ready_fd, "OK")
 
+        ops.handshake = trio.Event()
         nursery.start_soon(watch_signals)
-        nursery.start_soon(tune_readahead)
-        if ready_fd is not None:
-            _notify(ready_fd, "OK")
+        nursery.start_soon(after_handshake)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
 

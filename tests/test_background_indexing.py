@@ -156,3 +156,41 @@ def test_a_claim_outlives_the_waits_of_its_batch():
 
     worst = indexer_mod.BACKGROUND_BATCH * (indexer_mod.DEFER_MAX_S + indexer_mod.INDEX_SLICE_S)
     assert worst < LEASE_S
+
+
+def test_model_is_not_loaded_for_an_empty_queue_or_for_grep(store_dir, monkeypatch):
+    """Loading the embedding model costs a second of CPU: a mount with nothing to index,
+    and a grep, must not pay it; the first queued file (or a semantic search) does."""
+    from nexusfs.search import service as service_mod
+
+    loads: list[str] = []
+
+    def fake_load(name):
+        loads.append(name or "default")
+        return None, "model loading disabled in this test"
+
+    monkeypatch.setattr(indexer_mod, "load_embedder", fake_load)
+    monkeypatch.setattr(service_mod, "load_embedder", fake_load)
+    nx = nexusfs.connect(store_dir, **{**STORE_SETTINGS, "semantic": True, "background_indexing": False})
+    try:
+        nx.write_bytes("/a.txt", b"alpha beta\n")
+        assert nx.reindex() == 1  # a first indexing run creates the tables (and loads the model)
+        loads.clear()
+
+        st = nx.store
+        ix = indexer_mod.Indexer(st.config, st.vfs.blocks, semantic=True, last_activity=lambda: 0.0)
+        try:
+            assert ix.run_batch(8, background=True) == 0
+            assert loads == []
+            assert [m.path for m in nx.grep("alpha")] == ["/a.txt"]
+            assert loads == []
+            nx.write_bytes("/b.txt", b"alpha gamma\n")
+            assert ix.run_batch(8, background=True) == 1
+            assert loads == ["default"]
+        finally:
+            ix.stop()
+        assert [m.path for m in nx.grep("gamma")] == ["/b.txt"]
+        nx.search("alpha")
+        assert loads == ["default", "default"]
+    finally:
+        nx.close()

@@ -129,6 +129,10 @@ class SearchIndex:
             )
             return True
 
+    def tables_exist(self) -> bool:
+        """Whether ``ensure_tables`` ran on this store before (in any process)."""
+        return self.db.table_exists("search_trigrams")
+
     @property
     def vector_dim(self) -> int | None:
         """Dimensions of the vector table, once ``ensure_tables`` made or found it."""

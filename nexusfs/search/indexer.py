@@ -161,9 +161,13 @@ class Indexer:
 
     def run_batch(self, limit: int = 32, background: bool = False) -> int:
         """Index up to ``limit`` queued files; returns how many jobs were handled."""
-        self.prepare()
         if background:
+            # Loading the model costs a second of CPU: not at mount time when nothing is
+            # queued (a search loads it, and notices a changed model, when it needs it)
+            if not self._tables_ready and self.index.tables_exist() and not self.index.pending_count():
+                return 0
             self._yield_to_foreground()
+        self.prepare()
         jobs = self.index.claim_jobs(limit)
         for job in jobs:
             if self._stop.is_set():

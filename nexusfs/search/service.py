@@ -85,8 +85,17 @@ class Searcher:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._ready = False
+        self._text_ready = False
 
-    def prepare(self) -> None:
+    def prepare(self, *, semantic: bool = True) -> None:
+        """Make sure the index tables exist. Only semantic search needs the model (whose
+        first load costs a second of CPU): grep does without it."""
+        if not semantic:
+            if not self._ready and not self._text_ready:
+                if not self.index.tables_exist():
+                    self.index.ensure_tables(None, None)
+                self._text_ready = True
+            return
         if not self._ready:
             emb = self._embedder() if self.semantic else None
             self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
@@ -216,11 +225,11 @@ class Searcher:
             expr = fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
         if expr is None:
             # nothing to narrow by: every file, but each distinct content read once
-            self.prepare()
+            self.prepare(semantic=False)
             files = self.files_under(root_ino, root)
             docs = dict(self.index.files_of_docs_for_inodes([i for i, _p in files]))
             return [(i, p, docs.get(i)) for i, p in files]
-        self.prepare()
+        self.prepare(semantic=False)
         # The queue first: a file whose job an indexer finishes meanwhile is then found in
         # the index. (Read after the index, the job could be gone while the index was read
         # before its new entry existed, and the file would be missed.)

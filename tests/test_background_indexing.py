@@ -160,7 +160,8 @@ def test_a_claim_outlives_the_waits_of_its_batch():
 
 def test_model_is_not_loaded_for_an_empty_queue_or_for_grep(store_dir, monkeypatch):
     """Loading the embedding model costs a second of CPU: a mount with nothing to index,
-    and a grep, must not pay it; the first queued file (or a semantic search) does."""
+    a binary file and a grep must not pay it; the first text to embed (or a semantic
+    search) does."""
     from nexusfs.search import service as service_mod
 
     loads: list[str] = []
@@ -183,6 +184,9 @@ def test_model_is_not_loaded_for_an_empty_queue_or_for_grep(store_dir, monkeypat
             assert ix.run_batch(8, background=True) == 0
             assert loads == []
             assert [m.path for m in nx.grep("alpha")] == ["/a.txt"]
+            assert loads == []
+            nx.write_bytes("/blob.bin", bytes(range(256)) * 64)  # binary: nothing to embed
+            assert ix.run_batch(8, background=True) == 1
             assert loads == []
             nx.write_bytes("/b.txt", b"alpha gamma\n")
             assert ix.run_batch(8, background=True) == 1

@@ -228,9 +228,7 @@ def get_embedder(name: str | None = None) -> Embedder:
     got = _LOADED.get(name)
     if got is not None:
         return got
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise ConfigError(f"unknown embedder {name!r}: choose one of {', '.join(embedder_names())}")
+    entry = _entry(name)
     with _LOCK:
         got = _LOADED.get(name)
         if got is None:
@@ -244,6 +242,32 @@ def get_embedder(name: str | None = None) -> Embedder:
             _LOADED[name] = got
             log.debug("embedder %s loaded (%s, %d dims)", name, got.model_id, got.dim)
     return got
+
+
+def embedder_identity(name: str | None = None) -> tuple[str, int]:
+    """(model_id, dim) of the embedder ``name`` without loading its model, when its class
+    declares both (the built-in ones do); otherwise the model is loaded to ask it.
+
+    Raises ConfigError like ``get_embedder`` for an unknown name or a missing package.
+    """
+    name = (name or DEFAULT_EMBEDDER).strip().lower()
+    got = _LOADED.get(name)
+    if got is not None:
+        return got.model_id, got.dim
+    entry = _entry(name)
+    _check_packages(name, entry)
+    model_id, dim = getattr(entry.factory, "model_id", None), getattr(entry.factory, "dim", None)
+    if isinstance(model_id, str) and isinstance(dim, int):
+        return model_id, dim
+    got = get_embedder(name)
+    return got.model_id, got.dim
+
+
+def _entry(name: str) -> _Entry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown embedder {name!r}: choose one of {', '.join(embedder_names())}")
+    return entry
 
 
 def _check_packages(name: str, entry: _Entry) -> None:

@@ -77,6 +77,7 @@ class Indexer:
         self.embedder_name = embedder
         self._embedder: Any = None
         self._embedder_error: str | None = None
+        self._identity: tuple[str, int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -112,11 +113,23 @@ class Indexer:
                 log.warning("semantic indexing is off: %s", self._embedder_error)
         return self._embedder
 
+    def identity(self) -> tuple[str, int] | None:
+        """(model_id, dim) of the embedding model without loading it, or None if semantic
+        indexing is off. The model itself loads when a file first has text to embed: binary
+        and large files, and an idle mount, never pay for it."""
+        if not self.semantic or self._embedder_error is not None:
+            return None
+        if self._identity is None:
+            self._identity, self._embedder_error = embedder_identity(self.embedder_name)
+            if self._identity is None:
+                log.warning("semantic indexing is off: %s", self._embedder_error)
+        return self._identity
+
     def prepare(self) -> None:
         if self._tables_ready:
             return
-        emb = self.embedder()
-        self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
+        model_id, dim = self.identity() or (None, None)
+        self.index.ensure_tables(model_id, dim)
         self._tables_ready = True
 
     # ------------------------------------------------------------------ work
@@ -161,13 +174,9 @@ class Indexer:
 
     def run_batch(self, limit: int = 32, background: bool = False) -> int:
         """Index up to ``limit`` queued files; returns how many jobs were handled."""
-        if background:
-            # Loading the model costs a second of CPU: not at mount time when nothing is
-            # queued (a search loads it, and notices a changed model, when it needs it)
-            if not self._tables_ready and self.index.tables_exist() and not self.index.pending_count():
-                return 0
-            self._yield_to_foreground()
         self.prepare()
+        if background:
+            self._yield_to_foreground()
         jobs = self.index.claim_jobs(limit)
         for job in jobs:
             if self._stop.is_set():
@@ -261,7 +270,7 @@ class Indexer:
             else:
                 trigram_text = text
         chunks: list[tuple[int, int, int, str]] = []
-        if self.semantic and data and self.embedder() is not None:
+        if self.semantic and data and self.identity() is not None:
             from .chunk import chunk_text
             from .extract import extract_text
 
@@ -284,6 +293,16 @@ def load_embedder(name: str | None) -> tuple[Any, str | None]:
         from .embed import get_embedder
 
         return get_embedder(name), None
+    except (NexusError, ImportError, OSError) as exc:
+        return None, str(exc)
+
+
+def embedder_identity(name: str | None) -> tuple[tuple[str, int] | None, str | None]:
+    """((model_id, dim), None) without loading the model, or (None, why not)."""
+    try:
+        from .embed import embedder_identity as identity
+
+        return identity(name), None
     except (NexusError, ImportError, OSError) as exc:
         return None, str(exc)
 

@@ -163,6 +163,19 @@ class SearchTree:
         self._drop_unused(ino for name, ino in old.items() if entries.get(name) != ino)
         return node
 
+    def _listed(self, node: Node) -> bool:
+        """A link or .results still named by its query directory's current results (the
+        kernel may forget it and look the name up again: it must still be there; it goes
+        when the results change or the query directory goes)."""
+        if node.kind not in ("link", "results"):
+            return False
+        parent = self._nodes.get(node.key[1])
+        return parent is not None and parent.entries.get(self._entry_name(node)) == node.ino
+
+    @staticmethod
+    def _entry_name(node: Node) -> bytes:
+        return RESULTS if node.kind == "results" else node.key[2]
+
     def _drop_unused(self, inos) -> None:
         """Forget nodes the kernel holds no reference to."""
         with self._lock:
@@ -219,7 +232,7 @@ class SearchTree:
             if node is None:
                 return
             node.lookups -= n
-            if node.lookups > 0:
+            if node.lookups > 0 or self._listed(node):
                 return
             del self._nodes[ino]
             if self._by_key.get(node.key) == ino:

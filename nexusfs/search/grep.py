@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from .prefilter import content_filter
+
 _POSIX_CLASSES = {
     "alpha": "A-Za-z",
     "digit": "0-9",
@@ -77,8 +79,12 @@ def is_binary(data: bytes) -> bool:
 _PLAIN = re.compile(rb"[^.^$*+?{}\[\]\\|()]+")
 
 
-def line_matcher(pattern: str, opts: GrepOptions) -> Callable[[bytes], list[tuple[int, bytes]]]:
-    """A function giving the matching lines of a content (see ``match_lines``)."""
+def line_matcher(pattern: str, opts: GrepOptions, *,
+                 prefilter: bool = False) -> Callable[[bytes], list[tuple[int, bytes]]]:
+    """A function giving the matching lines of a content (see ``match_lines``).
+
+    ``prefilter``: first ask RE2 whether the content can match at all (worth it when most
+    contents will not: a pattern the index could not narrow)."""
     rx = compile_pattern(pattern, opts)
     raw = pattern.encode("utf-8", "surrogateescape")
     if opts.ignore_case and not opts.invert and (opts.fixed or _PLAIN.fullmatch(raw)):
@@ -88,6 +94,11 @@ def line_matcher(pattern: str, opts: GrepOptions) -> Callable[[bytes], list[tupl
         folded = compile_pattern(raw.lower().decode("utf-8", "surrogateescape"),
                                  replace(opts, ignore_case=False, fixed=True))
         return lambda data: match_lines(folded, data.lower(), opts, source=data)
+    may_match = content_filter(translate_gnu(pattern), opts.ignore_case) \
+        if prefilter and not opts.invert and not opts.fixed else None
+    if may_match is not None:
+        # (-w only narrows a match further: its body alone is a valid pre-check)
+        return lambda data: match_lines(rx, data, opts) if may_match(data) else []
     return lambda data: match_lines(rx, data, opts)
 
 

@@ -117,8 +117,15 @@ class _Info:
 
     def as_query(self) -> Query:
         if self.exact is not None:
-            return q_or(*(string_query(s) for s in self.exact)) if self.exact else NONE
+            return q_or(*(string_query(_text(s)) for s in self.exact)) if self.exact else NONE
         return self.query
+
+
+def _text(s: str) -> str:
+    """The text a run of the pattern's bytes (one character per byte, see
+    ``required_query``) stands for in the indexed text; bytes that are not whole UTF-8
+    characters become surrogate escapes, which no trigram lookup uses."""
+    return s.encode("latin-1").decode("utf-8", "surrogateescape")
 
 
 def _chars_of_class(items: list, ignore_case: bool) -> set[str] | None:
@@ -209,9 +216,13 @@ def required_query(pattern: str, *, ignore_case: bool = False, fixed: bool = Fal
     """The trigram condition a text must meet to possibly contain a match of ``pattern``."""
     if fixed:
         return string_query(pattern)
+    # grep runs the pattern as a bytes regex: parse it as one too, so that an escape such as
+    # \xc3 is the byte it matches there (a str parse would read the character U+00C3) and a
+    # class [é] is the class of that character's bytes. Each byte becomes one character
+    # here; _text turns runs of them into text.
     try:
-        parsed = sre_parse.parse(pattern, re.IGNORECASE if ignore_case else 0)
-    except re.error:
+        parsed = sre_parse.parse(pattern.encode("utf-8", "surrogateescape"), re.IGNORECASE if ignore_case else 0)
+    except (re.error, OverflowError):
         return ALL
     ic = ignore_case or bool(parsed.state.flags & re.IGNORECASE)
     return _analyze(list(parsed), ic).as_query()

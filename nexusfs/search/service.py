@@ -160,8 +160,11 @@ class Searcher:
     # ----------------------------------------------------------------- grep
     def grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions,
              max_count: int | None = None) -> list[GrepMatch]:
-        matching_lines = line_matcher(pattern, opts)
         attr = self.meta.getattr(root_ino)
+        # every file gets scanned when the index cannot narrow: then a fast RE2 pass first
+        # rules out the contents without any match
+        matching_lines = line_matcher(pattern, opts, prefilter=not attr.is_reg and
+                                      self._narrowing_query(pattern, opts) is None)
         if attr.is_reg:
             targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
         else:
@@ -186,6 +189,15 @@ class Searcher:
             out.extend(GrepMatch(path, n, text) for n, text in lines)
         out.sort(key=lambda m: (m.path, m.line_no))
         return out
+
+    @staticmethod
+    def _narrowing_query(pattern: str, opts: GrepOptions) -> str | None:
+        """The trigram index query that finds every file that may match, or None if the
+        pattern requires no literal text (then every file is a candidate)."""
+        if opts.invert:
+            return None
+        body = pattern if opts.fixed else translate_gnu(pattern)
+        return fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
 
     def _locate_and_prefetch(self, targets: list[tuple[int, str, int | None]]) -> dict[int, Any]:
         """Where the content of each distinct candidate lies; starts fetching its blocks in
@@ -219,10 +231,7 @@ class Searcher:
     def _grep_candidates(self, pattern: str, root_ino: int, root: str,
                          opts: GrepOptions) -> list[tuple[int, str, int | None]]:
         """(inode, path, doc or None) of the files that may match, each path once."""
-        expr = None
-        if not opts.invert:
-            body = pattern if opts.fixed else translate_gnu(pattern)
-            expr = fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
+        expr = self._narrowing_query(pattern, opts)
         if expr is None:
             # nothing to narrow by: every file, but each distinct content read once
             self.prepare(semantic=False)

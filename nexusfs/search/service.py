@@ -73,6 +73,48 @@ class SearchResults(list):
     pending: int = 0
 
 
+class _ReadAhead:
+    """Where each distinct content of a grep lies, with its blocks fetched by the I/O
+    threads a window ahead of the matching (a quarter of the block cache), so reading,
+    decompressing and checking blocks overlap the matching however many files there are."""
+
+    def __init__(self, meta: MetadataEngine, blocks: BlockLayer, targets: list[tuple[int, str, int | None]]) -> None:
+        self.blocks = blocks
+        self.window = blocks.cache_bytes // 4
+        self.plan: list[tuple[Any, Any]] = []  # (key, content_location) in the order grep reads them
+        seen: set[Any] = set()
+        for ino, _path, doc in targets:
+            key = ("doc", doc) if doc is not None else ("ino", ino)
+            if key not in seen:
+                seen.add(key)
+                self.plan.append((key, meta.content_location(ino)))
+        self.read = 0  # contents handed out
+        self.fetched = 0  # contents whose blocks were asked for
+        self.in_flight = 0  # bytes asked for and not yet handed out
+        self._fill()
+
+    @staticmethod
+    def _size(loc: Any) -> int:
+        return sum(r.size for r in loc[2].values()) if loc is not None and loc[2] else 0
+
+    def _fill(self) -> None:
+        while self.fetched < len(self.plan) and (self.in_flight < self.window or self.fetched <= self.read):
+            loc = self.plan[self.fetched][1]
+            if loc is not None and loc[2]:
+                self.blocks.prefetch(list(loc[2].values()))
+                self.in_flight += self._size(loc)
+            self.fetched += 1
+
+    def next_content(self, key: Any) -> Any:
+        """The location of the content ``key`` (grep asks for them in plan order)."""
+        k, loc = self.plan[self.read]
+        assert k == key, "contents are read in the order they were planned"
+        self.read += 1
+        self.in_flight -= self._size(loc)
+        self._fill()
+        return loc
+
+
 class Searcher:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
                  semantic: bool = True) -> None:
@@ -171,13 +213,13 @@ class Searcher:
             targets = self._grep_candidates(pattern, root_ino, root, opts)
         # the lines of each distinct content, matched once: copies and hard links share them
         found: dict[Any, list[tuple[int, str]]] = {}
-        located = self._locate_and_prefetch(targets) if len(targets) > 1 else {}
+        ahead = _ReadAhead(self.meta, self.blocks, targets) if len(targets) > 1 else None
         out: list[GrepMatch] = []
         for ino, path, doc in targets:
             key = ("doc", doc) if doc is not None else ("ino", ino)
             lines = found.get(key)
             if lines is None:
-                data = self._read(ino, located.get(ino))
+                data = self._read(ino, ahead.next_content(key) if ahead is not None else None)
                 if data is None or is_binary(data):
                     lines = []
                 else:
@@ -198,25 +240,6 @@ class Searcher:
             return None
         body = pattern if opts.fixed else translate_gnu(pattern)
         return fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
-
-    def _locate_and_prefetch(self, targets: list[tuple[int, str, int | None]]) -> dict[int, Any]:
-        """Where the content of each distinct candidate lies; starts fetching its blocks in
-        the I/O threads (at most a quarter of the block cache), so reads overlap matching."""
-        located: dict[int, Any] = {}
-        seen: set[Any] = set()
-        budget = self.blocks.cache_bytes // 4
-        for ino, _path, doc in targets:
-            key = ("doc", doc) if doc is not None else ("ino", ino)
-            if key in seen:
-                continue
-            seen.add(key)
-            loc = self.meta.content_location(ino)
-            located[ino] = loc
-            if loc is not None and loc[2] and budget > 0:
-                refs = list(loc[2].values())
-                budget -= sum(r.size for r in refs)
-                self.blocks.prefetch(refs)
-        return located
 
     def _read(self, ino: int, located: Any = None) -> bytes | None:
         loc = located if located is not None else self.meta.content_location(ino)

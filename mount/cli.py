@@ -62,7 +62,7 @@ def mount_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (the default)."),
         click.option("--allow-other/--no-allow-other", default=None,
                      help="Let other users use the mount (default: on when run as root; permissions are enforced)."),
-        click.option("--writeback-cache/--no-writeback-cache", default=True, show_default=True,
+        click.option("--writeback-cache/--no-writeback-cache", default=False, show_default=True,
                      help="Let the kernel buffer writes and send them in large requests."),
         click.option("--attr-timeout", type=float, default=1.0, show_default=True,
                      help="Seconds the kernel may cache attributes and names."),

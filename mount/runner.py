@@ -26,7 +26,7 @@ class MountError(NexusError):
 @dataclass
 class MountOptions:
     allow_other: bool | None = None  # None: on when running as root
-    writeback_cache: bool = True
+    writeback_cache: bool = False
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     negative_timeout: float = 1.0

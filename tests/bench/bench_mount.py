@@ -365,6 +365,16 @@ def stamp_data(buf: bytearray, rep: int) -> None:
         buf[i * BLOCK:i * BLOCK + 16] = f"{rep:07d}:{i:08d}".encode()
 
 
+#: quiet time before each timed workload, after a sync
+SETTLE_S = 2.0
+
+
+def settle() -> None:
+    """Let the previous workload's writeback and background work end before timing the next."""
+    os.sync()
+    time.sleep(SETTLE_S)
+
+
 def seq_write(path: str, buf: bytearray) -> float:
     mv = memoryview(buf)
     t0 = time.perf_counter()
@@ -714,10 +724,15 @@ def main(argv: list[str] | None = None) -> int:
 
         for rep in range(args.repeat):
             log(f"--- repeat {rep + 1}/{args.repeat}")
+            # each repeat starts with another target, so none always runs right after a
+            # peer's background work (JuiceFS deletes a removed tree's chunks after rmtree)
+            items = list(objs.items())
+            order = items[rep % len(items):] + items[: rep % len(items)] if items else []
             if "seq" not in args.skip:
                 stamp_data(data, rep)
-                for t, obj in objs.items():
+                for t, obj in order:
                     path = os.path.join(obj.root, f"seq-{rep}.bin")
+                    settle()
                     secs = prof_run(t, "write", lambda p=path: seq_write(p, data))
                     results[t]["write_mibs"].append(args.size_mib / secs)
                     obj.cycle()
@@ -728,16 +743,18 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{LABELS[t]:>10}: write {results[t]['write_mibs'][-1]:7.1f} MiB/s, "
                         f"read {results[t]['read_mibs'][-1]:7.1f} MiB/s")
             if "meta" not in args.skip:
-                for t, obj in objs.items():
+                for t, obj in order:
                     d = os.path.join(obj.root, f"meta-{rep}")
+                    settle()
                     r = prof_run(t, "meta", lambda d=d: meta_ops(d, args.files, cold_ok=True))
                     assert isinstance(r, dict)
                     for k, v in r.items():
                         results[t][k].append(v)
                     log(f"{LABELS[t]:>10}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r.items()))
             if "tar" not in args.skip:
-                for t, obj in objs.items():
+                for t, obj in order:
                     d = os.path.join(obj.root, f"tar-{rep}")
+                    settle()
                     secs = prof_run(t, "tar", lambda d=d: tar_extract(tar_path, d))
                     assert isinstance(secs, float)
                     results[t]["tar_s"].append(secs)

@@ -220,7 +220,8 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
             "## Mounted filesystems: local disk vs nexusfs vs JuiceFS",
             "",
             f"`tests/bench/bench_mount.py`{f', {mount_secs:.1f} s' if mount_secs else ''}. Every cell is the median of {p['repeat']} runs "
-            "with the min–max in parentheses. Targets run interleaved within each repeat. nexusfs runs with "
+            "with the min–max in parentheses. Targets run interleaved within each repeat, each repeat "
+            "starting with the next target, and every timed workload starts after `sync` and 2 s of quiet. nexusfs runs with "
             "default settings; JuiceFS uses sqlite3 metadata and a local `file` bucket with `--cache-dir` "
             "on the same disk.",
             "",

@@ -37,7 +37,7 @@ def test_window_slides_over_all_contents():
     ahead = _ReadAhead(FakeMeta(sizes), blocks, targets)
     assert 0 < len(blocks.asked) <= 4  # the first window only
     for ino in sizes:
-        loc = ahead.next_content(("ino", ino))
+        loc = ahead.next_content()
         assert loc[0] == sizes[ino]
         if sizes[ino]:
             assert ino in blocks.asked  # fetched before it is read

@@ -105,25 +105,25 @@ class Indexer:
     # ------------------------------------------------------------- embedding
     def embedder(self) -> Any:
         """The embedding model (loaded on first use), or None if semantic search is off."""
-        if not self.semantic or self._embedder_error is not None:
-            return None
-        if self._embedder is None:
-            self._embedder, self._embedder_error = load_embedder(self.embedder_name)
-            if self._embedder is None:
-                log.warning("semantic indexing is off: %s", self._embedder_error)
-        return self._embedder
+        return self._semantic("_embedder", load_embedder)
 
     def identity(self) -> tuple[str, int] | None:
         """(model_id, dim) of the embedding model without loading it, or None if semantic
         indexing is off. The model itself loads when a file first has text to embed: binary
         and large files, and an idle mount, never pay for it."""
+        return self._semantic("_identity", embedder_identity)
+
+    def _semantic(self, attr: str, get: Callable[[str | None], tuple[Any, str | None]]) -> Any:
+        """``self.<attr>``, made by ``get`` on first use; None once semantic indexing is off
+        (switched off, or the model could not be had: logged once)."""
         if not self.semantic or self._embedder_error is not None:
             return None
-        if self._identity is None:
-            self._identity, self._embedder_error = embedder_identity(self.embedder_name)
-            if self._identity is None:
+        if getattr(self, attr) is None:
+            value, self._embedder_error = get(self.embedder_name)
+            setattr(self, attr, value)
+            if value is None:
                 log.warning("semantic indexing is off: %s", self._embedder_error)
-        return self._identity
+        return getattr(self, attr)
 
     def prepare(self) -> None:
         if self._tables_ready:

@@ -18,12 +18,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-try:  # Python 3.11+
-    from re import _constants as sre_c
-    from re import _parser as sre_parse
-except ImportError:  # pragma: no cover - older Pythons
-    import sre_constants as sre_c  # type: ignore[no-redef]
-    import sre_parse  # type: ignore[no-redef]
+from .literals import C as sre_c
+from .literals import sre_parse
 
 #: RE2 refuses counted repeats above this
 _RE2_MAX_COUNT = 1000

@@ -73,6 +73,11 @@ class SearchResults(list):
     pending: int = 0
 
 
+def _content_key(ino: int, doc: int | None) -> tuple[str, int]:
+    """What grep matches once: an indexed content (shared by copies and links), else a file."""
+    return ("doc", doc) if doc is not None else ("ino", ino)
+
+
 class _ReadAhead:
     """Where each distinct content of a grep lies, with its blocks fetched by the I/O
     threads a window ahead of the matching (a quarter of the block cache), so reading,
@@ -81,13 +86,13 @@ class _ReadAhead:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, targets: list[tuple[int, str, int | None]]) -> None:
         self.blocks = blocks
         self.window = blocks.cache_bytes // 4
-        self.plan: list[tuple[Any, Any]] = []  # (key, content_location) in the order grep reads them
+        self.plan: list[Any] = []  # content_location of each distinct content, in the order grep reads them
         seen: set[Any] = set()
         for ino, _path, doc in targets:
-            key = ("doc", doc) if doc is not None else ("ino", ino)
+            key = _content_key(ino, doc)
             if key not in seen:
                 seen.add(key)
-                self.plan.append((key, meta.content_location(ino)))
+                self.plan.append(meta.content_location(ino))
         self.read = 0  # contents handed out
         self.fetched = 0  # contents whose blocks were asked for
         self.in_flight = 0  # bytes asked for and not yet handed out
@@ -99,16 +104,15 @@ class _ReadAhead:
 
     def _fill(self) -> None:
         while self.fetched < len(self.plan) and (self.in_flight < self.window or self.fetched <= self.read):
-            loc = self.plan[self.fetched][1]
+            loc = self.plan[self.fetched]
             if loc is not None and loc[2]:
                 self.blocks.prefetch(list(loc[2].values()))
                 self.in_flight += self._size(loc)
             self.fetched += 1
 
-    def next_content(self, key: Any) -> Any:
-        """The location of the content ``key`` (grep asks for them in plan order)."""
-        k, loc = self.plan[self.read]
-        assert k == key, "contents are read in the order they were planned"
+    def next_content(self) -> Any:
+        """The location of the next distinct content (grep reads them in target order)."""
+        loc = self.plan[self.read]
         self.read += 1
         self.in_flight -= self._size(loc)
         self._fill()
@@ -203,23 +207,25 @@ class Searcher:
     def grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions,
              max_count: int | None = None) -> list[GrepMatch]:
         attr = self.meta.getattr(root_ino)
-        # every file gets scanned when the index cannot narrow: then a fast RE2 pass first
-        # rules out the contents without any match
-        matching_lines = line_matcher(pattern, opts, prefilter=not attr.is_reg and
-                                      self._narrowing_query(pattern, opts) is None)
         if attr.is_reg:
             targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
+            scans_all = False
         else:
-            targets = self._grep_candidates(pattern, root_ino, root, opts)
+            expr = self._narrowing_query(pattern, opts)
+            targets = self._candidates(expr, root_ino, root)
+            scans_all = expr is None
+        # when every file gets scanned, a fast RE2 pass first rules out the contents
+        # without any match
+        matching_lines = line_matcher(pattern, opts, prefilter=scans_all)
         # the lines of each distinct content, matched once: copies and hard links share them
         found: dict[Any, list[tuple[int, str]]] = {}
         ahead = _ReadAhead(self.meta, self.blocks, targets) if len(targets) > 1 else None
         out: list[GrepMatch] = []
         for ino, path, doc in targets:
-            key = ("doc", doc) if doc is not None else ("ino", ino)
+            key = _content_key(ino, doc)
             lines = found.get(key)
             if lines is None:
-                data = self._read(ino, ahead.next_content(key) if ahead is not None else None)
+                data = self._read(ino, ahead.next_content() if ahead is not None else None)
                 if data is None or is_binary(data):
                     lines = []
                 else:
@@ -254,7 +260,10 @@ class Searcher:
     def _grep_candidates(self, pattern: str, root_ino: int, root: str,
                          opts: GrepOptions) -> list[tuple[int, str, int | None]]:
         """(inode, path, doc or None) of the files that may match, each path once."""
-        expr = self._narrowing_query(pattern, opts)
+        return self._candidates(self._narrowing_query(pattern, opts), root_ino, root)
+
+    def _candidates(self, expr: str | None, root_ino: int, root: str) -> list[tuple[int, str, int | None]]:
+        """The files under ``root`` the trigram query ``expr`` selects (None: all of them)."""
         if expr is None:
             # nothing to narrow by: every file, but each distinct content read once
             self.prepare(semantic=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import threading
 
@@ -15,6 +17,7 @@ from backends import (
     open_blob_store,
     retry,
 )
+from backends.local import DIRECT_MIN
 
 KEY = "0123456789abcdef-1"
 
@@ -70,6 +73,66 @@ def test_fsync_enabled_store_round_trips(tmp_path):
     s = LocalBlobStore(str(tmp_path / "b"), fsync=True)
     s.put(KEY, b"durable")
     assert s.get(KEY) == b"durable"
+
+
+# ------------------------------------------------------- O_DIRECT (large blobs)
+def _aligned(data: bytes) -> memoryview:
+    m = mmap.mmap(-1, max(len(data), 1))
+    m[: len(data)] = data
+    return memoryview(m)[: len(data)]
+
+
+@pytest.mark.parametrize("size", [DIRECT_MIN, DIRECT_MIN + 1, (4 << 20) - 4095, 4 << 20, (1 << 20) + 4096 + 17])
+@pytest.mark.parametrize("kind", ["bytes", "aligned", "misaligned"])
+def test_large_blobs_of_any_length_and_alignment_round_trip(tmp_path, size, kind):
+    s = LocalBlobStore(str(tmp_path / "b"), fsync=True)
+    data = os.urandom(size)
+    src = {"bytes": data, "aligned": _aligned(data), "misaligned": _aligned(b"x" + data)[1:]}[kind]
+    s.put(KEY, src)
+    assert s.stat(KEY).size == size
+    assert s.get(KEY) == data
+    assert s.direct is True  # the temp dir is on a disk filesystem that does O_DIRECT
+    assert not list(s.list_temporary())
+
+
+def test_a_filesystem_without_o_direct_gets_buffered_writes(tmp_path, monkeypatch):
+    import backends.local as local
+
+    real = local.fcntl.fcntl
+
+    def refuse_direct(fd, cmd, arg=0):
+        if cmd == local.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(local.fcntl, "fcntl", refuse_direct)
+    s = LocalBlobStore(str(tmp_path / "b"), fsync=True)
+    big, small = os.urandom(DIRECT_MIN * 3 + 5), os.urandom(1000)
+    s.put("big-1", _aligned(big))
+    assert s.direct is False  # found out once, then buffered writes without trying again
+    s.put("big-2", big)
+    s.put("small-1", small)
+    assert (s.get("big-1"), s.get("big-2"), s.get("small-1")) == (big, big, small)
+    assert not list(s.list_temporary())
+
+
+def test_a_direct_write_error_after_o_direct_worked_fails_the_put_and_keeps_the_old_blob(tmp_path, monkeypatch):
+    import backends.local as local
+
+    s = LocalBlobStore(str(tmp_path / "b"), fsync=False)
+    old = os.urandom(DIRECT_MIN)
+    s.put(KEY, old)
+    assert s.direct is True
+
+    def fail(fd, view):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(local, "_write_all", fail)
+    with pytest.raises(OSError):
+        s.put(KEY, os.urandom(DIRECT_MIN))
+    assert s.get(KEY) == old
+    assert s.direct is True
+    assert not list(s.list_temporary())
 
 
 # ---------------------------------------------------------------- get_range

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from nexusfs.blocks import WouldBlock
+from nexusfs.blocks import Buffer, WouldBlock
 from nexusfs.errors import FsError, NexusError
 from nexusfs.types import Attr
 from nexusfs.vfs import VFS
@@ -340,13 +340,13 @@ class NexusOperations(pyfuse3.Operations):
         return self._file_info(attr.ino, fh), entry
 
     @_translate
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> Buffer:
         if self.search is not None and self.search.is_virtual_fh(fh):
             return self.search.read(fh, off, size)
         try:
-            return self.vfs.read(fh, off, size, wait=False)
+            return self.vfs.read_buffer(fh, off, size, wait=False)
         except WouldBlock:
-            return await _in_thread(self.vfs.read, fh, off, size)
+            return await _in_thread(self.vfs.read_buffer, fh, off, size)
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -442,6 +442,13 @@ class VFS:
 
     # ------------------------------------------------------------------ read
     def read(self, fh: int, offset: int, size: int, *, wait: bool = True) -> bytes:
+        data = self.read_buffer(fh, offset, size, wait=wait)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def read_buffer(self, fh: int, offset: int, size: int, *, wait: bool = True) -> Buffer:
+        """``read`` without its final copy: the result may be a read-only view into a
+        cached block (which never changes), for callers that only pass it on (the
+        mount hands it to the kernel; a copy there cost 0.15 ms per MiB read)."""
         h = self._handle(fh)
         if not h.readable:
             raise fs_error(errno.EBADF, "file is not open for reading")
@@ -491,8 +498,7 @@ class VFS:
             if len(piece) < b - a:  # the block's stored content ends early: zeros follow
                 pieces.append(bytes(b - a - len(piece)))
         if len(pieces) == 1:
-            p = pieces[0]
-            return p if isinstance(p, bytes) else bytes(p)
+            return pieces[0]
         return b"".join(pieces)
 
     # ----------------------------------------------------------------- write

@@ -108,6 +108,7 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
             orphans = _purge_orphans(store)
             if orphans:
                 log.info("removed %d files that were deleted while open before the last shutdown", orphans)
+            store.db.enable_group_commit(config.group_commit)
             ops = NexusOperations(
                 store.vfs,
                 attr_timeout=opts.attr_timeout,
@@ -209,6 +210,9 @@ async def _serve(ready_fd: int | None, path: str, ops: Any) -> None:
             if ready_fd is not None:
                 _notify(ready_fd, "OK")
 
+        from . import fastwait
+
+        fastwait.install(pyfuse3)
         ops.handshake = trio.Event()
         nursery.start_soon(watch_signals)
         nursery.start_soon(after_handshake)

@@ -78,6 +78,10 @@ class Config:
     fsync_blobs: bool = True
     #: unreferenced blobs are kept this long before gc removes them (seconds)
     gc_grace: float = 3600.0
+    #: the mount commits namespace changes (create, unlink, rename, chmod...) in groups,
+    #: at most this long after the first one (seconds; 0 = each on its own); fsync,
+    #: close after writing and unmount commit at once. The API and CLI commit each call.
+    group_commit: float = 0.005
     #: keep the search index up to date from a background thread of this process
     background_indexing: bool = True
     #: index text for semantic search (embeddings) as well as for grep
@@ -102,6 +106,8 @@ class Config:
             raise ConfigError("inline_max must be between 0 and min(block_size, 1MiB)")
         if self.compression not in ("zstd", "none"):
             raise ConfigError(f"compression must be zstd or none, not {self.compression!r}")
+        if not 0 <= self.group_commit <= 1:
+            raise ConfigError(f"group_commit must be between 0 and 1s, not {self.group_commit}s")
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
         if self.dirty_limit < 64 * KiB:
@@ -140,7 +146,7 @@ def _coerce(name: str, raw: object, source: str) -> object:
     what = f"{source}: {name}"
     if name in ("block_size", "inline_max", "cache_size", "dirty_limit"):
         return parse_size(raw, what)
-    if name == "gc_grace":
+    if name in ("gc_grace", "group_commit"):
         return parse_duration(raw, what)
     if name in ("threads", "readahead_blocks"):
         try:

@@ -256,12 +256,20 @@ def test_sigterm_with_unlinked_open_file(mnt):
 
 def test_sigkill_with_unlinked_open_file(mnt):
     """A crash leaves the deleted-but-open file behind as an orphan (the schema's one
-    expected crash leftover besides unreferenced objects); the next mount removes it."""
+    expected crash leftover besides unreferenced objects); the next mount removes it.
+    (The unlink is made durable with an fsync of the directory: the mount commits
+    namespace changes in groups, and a crash may lose the last few milliseconds of
+    unsynced ones, as a journalling filesystem may.)"""
     fd = os.open(mnt.path("doomed"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         os.write(fd, os.urandom(5 * MiB))
         os.fsync(fd)
         os.unlink(mnt.path("doomed"))
+        dfd = os.open(mnt.path(""), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
         mnt.kill()
     finally:
         try:

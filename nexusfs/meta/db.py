@@ -7,6 +7,7 @@ supplies the DDL type names, connects, and maps driver errors. Everything else
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,17 +20,32 @@ from ..errors import StoreError
 
 Row = tuple[Any, ...]
 
+log = logging.getLogger(__name__)
+
 
 class Database(ABC):
     """One connection, shared by threads under a re-entrant lock.
 
     ``transaction()`` nests: only the outermost level begins and commits, so a
     batch operation can wrap many single-operation transactions into one.
+
+    Group commit (:meth:`enable_group_commit`, used by the mount): a transaction
+    marked ``deferrable`` (namespace changes: create, unlink, rename, chmod…) does
+    not commit on its own; it stays in an open batch, each operation inside a
+    savepoint so that a failing one is undone alone, and the batch commits at
+    most ``delay`` seconds after its first operation (a background thread), after
+    ``GROUP_MAX_OPS`` operations, or at once when any other transaction ends
+    (block commits, object reservations, gc), on :meth:`make_durable` (fsync)
+    and on close. A commit costs ~55 µs here (the WAL frames of ~8 pages), a
+    create's statements ~30 µs. What a crash can lose is what was changed in the
+    last ``delay`` seconds and never synced, as with a journalling filesystem.
     """
 
     dialect_name: str = ""
     #: DDL substitutions for :data:`nexusfs.meta.schema.DDL`
     ddl_types: dict[str, str] = {}
+    #: a batch of deferred operations commits once it holds this many
+    GROUP_MAX_OPS = 256
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -37,6 +53,14 @@ class Database(ABC):
         #: time.monotonic() of this connection's last committed write transaction
         self.last_write = 0.0
         self._after_commit: list = []
+        #: group commit: 0 = every transaction commits at its end
+        self.commit_delay = 0.0
+        self._batch_open = False
+        self._batch_since = 0.0
+        self._batch_ops = 0
+        self._batch_cond = threading.Condition(self.lock)
+        self._committer: threading.Thread | None = None
+        self._closing = False
 
     # -- primitives a dialect implements ---------------------------------
     @abstractmethod
@@ -55,10 +79,30 @@ class Database(ABC):
     def _rollback(self) -> None: ...
 
     @abstractmethod
-    def close(self) -> None: ...
+    def _in_transaction(self) -> bool:
+        """Whether the connection has a transaction open (some errors end it by themselves)."""
 
-    def make_durable(self) -> None:  # noqa: B027 - dialects with lazy sync override
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def _sync(self) -> None:  # noqa: B027 - dialects with lazy sync override
         """Force every committed transaction to stable storage."""
+
+    def make_durable(self) -> None:
+        """Commit any deferred operations, then force everything committed to stable storage."""
+        self.commit_pending()
+        self._sync()
+
+    def close(self) -> None:
+        with self.lock:
+            self._closing = True
+            self._batch_cond.notify_all()
+            try:
+                self.commit_pending()
+            finally:
+                self._close()
+        if self._committer is not None and self._committer is not threading.current_thread():
+            self._committer.join(5)
 
     def executescript(self, sql: str) -> None:
         for stmt in split_statements(sql):
@@ -69,7 +113,8 @@ class Database(ABC):
 
     # -- shared API --------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self, *, deferrable: bool = False) -> Iterator[Database]:
+        """A transaction; ``deferrable`` ones may wait for a group commit (see the class)."""
         with self.lock:
             if self._depth:
                 self._depth += 1
@@ -78,25 +123,91 @@ class Database(ABC):
                 finally:
                     self._depth -= 1
                 return
-            self._begin()
+            in_batch = self._batch_open
+            if in_batch:
+                self._execute("SAVEPOINT nexus_op", ())
+            else:
+                self._begin()
             self._depth = 1
+            mark = len(self._after_commit)
             try:
                 yield self
             except BaseException:
                 self._depth = 0
-                self._after_commit = []
-                self._rollback()
+                if in_batch and self._in_transaction():
+                    del self._after_commit[mark:]
+                    self._execute("ROLLBACK TO nexus_op", ())
+                    self._execute("RELEASE nexus_op", ())
+                else:
+                    if in_batch:
+                        log.error("the database ended the open group commit on an error: the last "
+                                  "%d namespace changes are lost", self._batch_ops)
+                    self._batch_open = False
+                    self._batch_ops = 0
+                    self._after_commit = []
+                    self._rollback()
                 raise
-            else:
-                self._depth = 0
-                self._commit()
-                callbacks, self._after_commit = self._after_commit, []
-                for fn in callbacks:
-                    fn()
+            self._depth = 0
+            if in_batch:
+                self._execute("RELEASE nexus_op", ())
+            if deferrable and self.commit_delay > 0 and self._batch_ops < self.GROUP_MAX_OPS:
+                if not in_batch:
+                    self._batch_open = True
+                    self._batch_since = time.monotonic()
+                    self._batch_cond.notify_all()
+                self._batch_ops += 1
+                return
+            self._finish()
+
+    def _finish(self) -> None:
+        """Commit the open transaction (a whole batch, if one is open) and run its callbacks."""
+        self._batch_open = False
+        self._batch_ops = 0
+        try:
+            self._commit()
+        except BaseException:
+            self._after_commit = []
+            self._rollback()
+            raise
+        callbacks, self._after_commit = self._after_commit, []
+        for fn in callbacks:
+            fn()
+
+    def commit_pending(self) -> None:
+        """Commit the deferred operations of an open group commit, if any."""
+        with self.lock:
+            if self._batch_open and not self._depth:
+                self._finish()
+
+    def enable_group_commit(self, delay: float) -> None:
+        """Let deferrable transactions wait up to ``delay`` seconds for a shared commit."""
+        with self.lock:
+            self.commit_delay = max(0.0, delay)
+            if self.commit_delay and self._committer is None:
+                self._committer = threading.Thread(target=self._commit_loop, name="nexus-commit", daemon=True)
+                self._committer.start()
+            elif not self.commit_delay:
+                self.commit_pending()
+
+    def _commit_loop(self) -> None:
+        with self.lock:
+            while not self._closing:
+                if not self._batch_open:
+                    self._batch_cond.wait()
+                    continue
+                due = self._batch_since + self.commit_delay - time.monotonic()
+                if due > 0:
+                    self._batch_cond.wait(due)
+                    continue
+                try:
+                    self.commit_pending()
+                except Exception as exc:  # noqa: BLE001 - nobody to raise to: log it loudly
+                    log.error("group commit failed, the last %.0f ms of namespace changes are lost: %s",
+                              self.commit_delay * 1000, exc)
 
     def after_commit(self, fn) -> None:
         """Call ``fn`` once the current transaction commits (at once outside one)."""
-        if self._depth:
+        if self._depth or self._batch_open:
             if fn not in self._after_commit:
                 self._after_commit.append(fn)
         else:
@@ -231,13 +342,16 @@ class SQLiteDatabase(Database):
         if not self.conn.getautocommit():
             self.conn.execute("ROLLBACK")
 
+    def _in_transaction(self) -> bool:
+        return not self.conn.getautocommit()
+
     def table_exists(self, name: str) -> bool:
         return (
             self.query_one("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,))
             is not None
         )
 
-    def make_durable(self) -> None:
+    def _sync(self) -> None:
         # All committed transactions are in the WAL (or already checkpointed into the
         # main file, which checkpointing syncs): syncing the WAL makes them durable.
         wal = self.path + "-wal"
@@ -250,12 +364,11 @@ class SQLiteDatabase(Database):
         finally:
             os.close(fd)
 
-    def close(self) -> None:
-        with self.lock:
-            try:
-                self.conn.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+    def _close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
 
 
 def open_database(url: str) -> Database:

@@ -316,7 +316,7 @@ class MetadataEngine:
             mode = stat.S_IFLNK | 0o777
         if fmt not in (stat.S_IFCHR, stat.S_IFBLK):
             rdev = 0
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             p, existing = self._entry(parent, name)
             if p.nlink == 0:
                 raise fs_error(errno.ENOENT, "directory has been removed")
@@ -351,7 +351,7 @@ class MetadataEngine:
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
         check_name(new_name)
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             attr = self.getattr(ino)
             if attr.is_dir:
                 raise fs_error(errno.EPERM, "hard links to directories are not allowed")
@@ -394,7 +394,7 @@ class MetadataEngine:
 
     def unlink(self, parent: int, name: bytes, pinned: PinCheck) -> int:
         """Remove a non-directory name; return its inode. The inode goes once unnamed and unpinned."""
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             attr = self._entry(parent, name)[1]
             if attr is None:
                 raise fs_error(errno.ENOENT, name)
@@ -412,7 +412,7 @@ class MetadataEngine:
             raise FsError(errno.EINVAL, "cannot remove '.'")
         if name == b"..":
             raise fs_error(errno.ENOTEMPTY, name)
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             self._require_dir(parent)
             ino = self.lookup_inode(parent, name)
             if ino is None:
@@ -463,7 +463,7 @@ class MetadataEngine:
         """Delete ``ino`` if it has no names left (called when its last user lets go)."""
         if self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,)) != 0:
             return False  # the common case, answered without a write transaction
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             nlink = self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,))
             if nlink is None or nlink > 0:
                 return False
@@ -474,7 +474,7 @@ class MetadataEngine:
         """Delete those of ``inos`` that have no names left (one transaction); returns how many."""
         found = self.db.query_in("SELECT id, mode FROM inodes WHERE nlink = 0 AND id IN ({ids})", inos)
         if found:
-            with self.db.transaction():
+            with self.db.transaction(deferrable=True):
                 for ino, mode in found:
                     if self.db.query_value("SELECT nlink FROM inodes WHERE id = ?", (ino,)) == 0:
                         self.purge_inode(ino, mode)
@@ -506,7 +506,7 @@ class MetadataEngine:
             raise FsError(errno.EINVAL if old_name == b"." or new_name == b"." else errno.EBUSY,
                           "cannot rename '.' or '..'")
         check_name(new_name)
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             self._require_dir(old_parent)
             src_ino = self.lookup_inode(old_parent, old_name)
             if src_ino is None:
@@ -598,7 +598,7 @@ class MetadataEngine:
         ctime_ns: int | None = None,
     ) -> Attr:
         """chmod / chown / utimens. ``TIME_NOW`` for atime/mtime means now. Size is vfs's job."""
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             attr = self.getattr(ino)
             t = now_ns()
             if mode is not None:
@@ -633,7 +633,7 @@ class MetadataEngine:
         _check_xattr_name(name)
         if len(value) > XATTR_SIZE_MAX:
             raise fs_error(errno.E2BIG, "extended attribute value is larger than 64 KiB")
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             self.getattr(ino)
             exists = self.db.query_one("SELECT 1 FROM xattrs WHERE inode = ? AND name = ?", (ino, name))
             if flags & XATTR_CREATE and exists:
@@ -673,7 +673,7 @@ class MetadataEngine:
             "SELECT name, value FROM xattrs WHERE inode = ? ORDER BY name", (ino,))}
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        with self.db.transaction():
+        with self.db.transaction(deferrable=True):
             if not self.db.execute("DELETE FROM xattrs WHERE inode = ? AND name = ?", (ino, name)):
                 self.getattr(ino)
                 raise fs_error(errno.ENODATA, name)

@@ -6,8 +6,9 @@ Workloads:
 * sequential write of one ``--size-mib`` MiB file of random (incompressible,
   never repeating) data in 1 MiB writes, store with the default 4 MiB blocks;
   the time includes close(), i.e. hashing, upload and commit;
-* sequential read of that file in 1 MiB reads, warm (same connection, blocks in
-  the block cache) and cold (a new connection: empty block cache; the OS page
+* sequential read of that file in 1 MiB reads, warm (same connection, right after
+  the write: written blocks are not kept in the block cache and went to disk with
+  O_DIRECT, so they are read back from the disk) and cold (a new connection: empty block cache; the OS page
   cache is dropped too when running as root);
 * create / stat / delete of ``--files`` small files (100 bytes, inline) in one
   directory, each phase timed on its own, plus the same creates as one

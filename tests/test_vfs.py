@@ -214,6 +214,26 @@ def test_a_file_of_only_zeros_creates_no_objects(nx, store):
     assert list(store.blobs.list()) == []
 
 
+def test_zero_tails_of_any_length_are_holes_and_zeros_at_every_sampled_byte_are_not(nx, store):
+    from nexusfs.blocks import _ZERO_SAMPLES, may_be_zeros
+
+    # a zero-filled last block of an odd length, after many other lengths were seen
+    for n in range(1, 300):
+        nx.write_bytes(f"/tail{n}", pattern(BS) + bytes(n))
+    assert all(set(store.meta.block_map(ino_of(nx, f"/tail{n}"))) == {0} for n in range(1, 300))
+    # non-zero bytes only between the positions the quick check samples: still data
+    tricky = bytearray(BS)
+    step = BS // _ZERO_SAMPLES
+    for i in range(1, BS - 1, step):
+        tricky[i] = 7
+    assert may_be_zeros(tricky)
+    nx.write_bytes("/tricky", bytes(tricky))
+    assert set(store.meta.block_map(ino_of(nx, "/tricky"))) == {0}
+    assert nx.read_bytes("/tricky") == bytes(tricky)
+    assert not may_be_zeros(pattern(BS))
+    assert may_be_zeros(b"") and may_be_zeros(bytes(5)) and may_be_zeros(memoryview(bytes(BS)))
+
+
 def test_overwriting_data_with_zeros_turns_the_block_into_a_hole(nx, store):
     nx.write_bytes("/f", pattern(3 * BS))
     ino = ino_of(nx, "/f")

@@ -97,12 +97,16 @@ class DirtyBlock:
     Bytes of ``buf`` past ``length`` are left over from earlier use and never shown.
     """
 
-    __slots__ = ("buf", "length", "pooled")
+    __slots__ = ("buf", "length")
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
+        #: a plain bytearray while small, then a full-block buffer from the pool
         self.buf: bytearray | mmap.mmap = bytearray(data)
         self.length = len(self.buf)
-        self.pooled = False
+
+    @property
+    def pooled(self) -> bool:
+        return isinstance(self.buf, mmap.mmap)
 
     @property
     def capacity(self) -> int:
@@ -127,11 +131,10 @@ class DirtyBlock:
 
     def _grow(self, need: int, pool: BufferPool) -> int:
         old = len(self.buf)
-        if need <= SMALL_BLOCK and isinstance(self.buf, bytearray):
+        if need <= SMALL_BLOCK and not self.pooled:
             self.buf.extend(bytes(min(max(need, 2 * old), SMALL_BLOCK) - old))
         else:
             big = pool.get()
             big[: self.length] = memoryview(self.buf)[: self.length]
             self.buf = big
-            self.pooled = True
         return len(self.buf) - old

@@ -55,9 +55,9 @@ class Database(ABC):
         self._after_commit: list = []
         #: group commit: 0 = every transaction commits at its end
         self.commit_delay = 0.0
-        self._batch_open = False
-        self._batch_since = 0.0
+        #: deferred operations in the open batch (0: no batch open)
         self._batch_ops = 0
+        self._batch_since = 0.0
         self._batch_cond = threading.Condition(self.lock)
         self._committer: threading.Thread | None = None
         self._closing = False
@@ -142,7 +142,6 @@ class Database(ABC):
                     if in_batch:
                         log.error("the database ended the open group commit on an error: the last "
                                   "%d namespace changes are lost", self._batch_ops)
-                    self._batch_open = False
                     self._batch_ops = 0
                     self._after_commit = []
                     self._rollback()
@@ -152,16 +151,18 @@ class Database(ABC):
                 self._execute("RELEASE nexus_op", ())
             if deferrable and self.commit_delay > 0 and self._batch_ops < self.GROUP_MAX_OPS:
                 if not in_batch:
-                    self._batch_open = True
                     self._batch_since = time.monotonic()
                     self._batch_cond.notify_all()
                 self._batch_ops += 1
                 return
             self._finish()
 
+    @property
+    def _batch_open(self) -> bool:
+        return self._batch_ops > 0
+
     def _finish(self) -> None:
         """Commit the open transaction (a whole batch, if one is open) and run its callbacks."""
-        self._batch_open = False
         self._batch_ops = 0
         try:
             self._commit()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -117,6 +119,8 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 writeback_cache=opts.writeback_cache,
                 searcher=store.searcher if opts.search else None,
             )
+            _allow_splice()
+            _keep_freed_memory()
             fuse_opts = {f"fsname={fsname(config)}", "subtype=nexus", "default_permissions", "noatime"}
             allow_other = opts.allow_other if opts.allow_other is not None else os.getuid() == 0
             if allow_other:
@@ -149,6 +153,75 @@ def _purge_orphans(store: Store) -> int:
     for ino in orphans:
         store.meta.purge_inode(ino)
     return len(orphans)
+
+
+#: the pipe libfuse needs to take a request with splice(): its receive buffer (1 MiB
+#: of data plus a 4 KiB header) rounded up by the kernel to a power of two
+SPLICE_PIPE_BYTES = 2 << 20
+PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
+
+
+def _allow_splice() -> None:
+    """Let libfuse move write requests out of the kernel with splice() (root only).
+
+    libfuse splices a request into a pipe (the written pages change hands, nothing
+    is copied) and pyfuse3 then reads it once into the bytes it hands us; without
+    splice libfuse first read()s each request into its own buffer, one more copy
+    of every byte written. libfuse uses splice only if it can grow its pipe to
+    2 MiB, above the kernel's default limit for unprivileged pipes (1 MiB), so
+    root without CAP_SYS_RESOURCE (containers, VMs) never splices. As root this
+    raises the limit (``fs.pipe-max-size``) to 2 MiB if it is lower and says so.
+    Measured through the mount, 256 MiB in 1 MiB writes: ~+9% throughput.
+    """
+    if os.getuid() != 0:
+        return
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
+        return  # allowed already
+    except OSError:
+        pass
+    finally:
+        os.close(r)
+        os.close(w)
+    try:
+        with open(PIPE_MAX_SIZE, encoding="ascii") as f:
+            current = int(f.read().strip())
+        if current < SPLICE_PIPE_BYTES:
+            with open(PIPE_MAX_SIZE, "w", encoding="ascii") as f:
+                f.write(str(SPLICE_PIPE_BYTES))
+            log.info("raised fs.pipe-max-size from %d to %d bytes so that libfuse can splice write requests",
+                     current, SPLICE_PIPE_BYTES)
+    except (OSError, ValueError) as exc:
+        log.debug("could not raise fs.pipe-max-size: %s", exc)
+
+
+#: glibc mallopt() parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: free memory at the top of the heap that glibc keeps instead of returning it
+KEEP_FREED_BYTES = 64 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc reuse the memory of freed write requests instead of fresh pages.
+
+    pyfuse3 hands each write request to us as a new 1 MiB ``bytes`` object, and
+    sequential writes keep them (as a dirty block's segments) until the block is
+    staged. With glibc's defaults such allocations are served by mmap, or from heap
+    memory given back to the kernel as soon as a few MiB are free, so every request
+    lands on fresh pages, and faulting in fresh memory costs more than copying the
+    data (here ~0.6 ms against ~0.1 ms per MiB). Serving them from the heap, and
+    keeping up to :data:`KEEP_FREED_BYTES` of freed memory, makes them reuse pages
+    the process already touched. A no-op without glibc.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 8 << 20)
+    mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
 
 
 #: how long to wait for the kernel's INIT request before reporting the mount ready anyway

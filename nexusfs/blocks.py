@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import blake3
 import zstandard
@@ -30,6 +31,7 @@ from .meta import schema
 from .meta.engine import MetadataEngine, ObjectRef
 
 Buffer = bytes | bytearray | memoryview
+T = TypeVar("T")
 
 #: how many recent uploads (digests) are remembered for sharing before they are committed
 _UPLOADS_KEPT = 4096
@@ -202,6 +204,10 @@ class BlockLayer:
 
     def submit_stage(self, data: bytearray | bytes) -> Future[ObjectRef | None]:
         return self.pool.submit(self.stage, data)
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` in one of the block layer's worker threads."""
+        return self.pool.submit(fn)
 
     # ----------------------------------------------------------------- reading
     def cached(self, oid: int) -> Buffer | None:

@@ -8,6 +8,7 @@ memory never grows without bound however fast data arrives.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import threading
 
@@ -91,18 +92,42 @@ class BufferPool:
                 self._free.append(buf)
 
 
-class DirtyBlock:
-    """A block being written: ``buf[:length]`` is its content from the block's start.
+#: an appending write at least this large, of immutable bytes, is kept as it is
+#: (a segment) instead of being copied into the block's buffer
+SEGMENT_MIN = 64 * 1024
 
-    Bytes of ``buf`` past ``length`` are left over from earlier use and never shown.
+
+def _address(buf: bytes | mmap.mmap) -> int:
+    if isinstance(buf, bytes):
+        return ctypes.cast(buf, ctypes.c_void_p).value or 0
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c  # the export would pin the map
+
+
+class DirtyBlock:
+    """A block being written: its content from the block's start, ``length`` bytes.
+
+    The content lives in one of two forms. Usually ``buf[:length]`` (bytes of ``buf``
+    past ``length`` are left over from earlier use and never shown). But while the
+    block has only been appended to by large writes of immutable ``bytes`` (the mount
+    receives each 1 MiB write as one), it is the concatenation of those objects,
+    kept in ``segments`` without copying them: the copy into a full-block buffer
+    then happens in a worker thread when the block is staged (:meth:`gather`, which
+    releases the GIL), not in the request that delivered the data. Any other write
+    or a read of the block turns it into the buffer form first (:meth:`flatten`).
     """
 
-    __slots__ = ("buf", "length")
+    __slots__ = ("buf", "length", "segments")
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
         #: a plain bytearray while small, then a full-block buffer from the pool
         self.buf: bytearray | mmap.mmap = bytearray(data)
         self.length = len(self.buf)
+        #: (bytes, offset, size) pieces making up the content, or None in buffer form
+        self.segments: list[tuple[bytes, int, int]] | None = None
 
     @property
     def pooled(self) -> bool:
@@ -110,26 +135,80 @@ class DirtyBlock:
 
     @property
     def capacity(self) -> int:
-        return len(self.buf)
+        """Memory this block holds for its content (what the dirty limit counts)."""
+        return self.length if self.segments is not None else len(self.buf)
 
     def view(self, length: int | None = None) -> memoryview:
+        """The content (buffer form only: :meth:`flatten` first)."""
+        assert self.segments is None, "flatten() a segmented block before viewing it"
         return memoryview(self.buf)[: self.length if length is None else min(length, self.length)]
 
-    def write(self, start: int, data: memoryview, pool: BufferPool, zeros: memoryview) -> int:
-        """Copy ``data`` in at ``start`` (zero-filling any gap); returns the capacity added."""
+    def write(
+        self,
+        start: int,
+        data: memoryview,
+        pool: BufferPool,
+        zeros: memoryview,
+        origin: tuple[bytes, int] | None = None,
+    ) -> int:
+        """Put ``data`` at ``start`` (zero-filling any gap); returns the capacity added.
+
+        ``origin`` says that ``data`` is the part of an immutable ``bytes`` object
+        starting at that offset: it is then kept without a copy when it appends to a
+        block that is empty or segmented and is at least :data:`SEGMENT_MIN` long.
+        """
+        before = self.capacity
         end = start + len(data)
-        grown = 0
+        if (
+            origin is not None
+            and start == self.length
+            and (self.segments is not None or self.length == 0)
+            and len(data) >= SEGMENT_MIN
+        ):
+            if self.segments is None:
+                self.segments = []
+                if self.pooled:
+                    pool.put(self.buf)
+                self.buf = bytearray()
+            self.segments.append((origin[0], origin[1], len(data)))
+            self.length = end
+            return self.capacity - before
+        self.flatten(pool, end)
         if end > len(self.buf):
-            grown = self._grow(end, pool)
+            self._grow(end, pool)
         mv = memoryview(self.buf)
         if start > self.length:
             mv[self.length : start] = zeros[: start - self.length]
         mv[start:end] = data
         if end > self.length:
             self.length = end
-        return grown
+        return self.capacity - before
 
-    def _grow(self, need: int, pool: BufferPool) -> int:
+    def flatten(self, pool: BufferPool, need: int = 0) -> None:
+        """Turn a segmented block into buffer form (at least ``need`` bytes of room)."""
+        if self.segments is None:
+            return
+        size = max(need, self.length)
+        self.buf = pool.get() if size > SMALL_BLOCK else bytearray(size)
+        self._copy_segments()
+
+    def gather(self, pool: BufferPool, length: int) -> memoryview:
+        """The first ``length`` bytes of the content as a view of a full-block buffer
+        from the pool (for staging; a segmented block is copied with the GIL released)."""
+        if self.segments is not None:
+            self.buf = pool.get()
+            self._copy_segments()
+        return self.view(length)
+
+    def _copy_segments(self) -> None:
+        segments, self.segments = self.segments or [], None
+        dst = _address(self.buf)
+        pos = 0
+        for obj, offset, size in segments:
+            ctypes.memmove(dst + pos, _address(obj) + offset, size)
+            pos += size
+
+    def _grow(self, need: int, pool: BufferPool) -> None:
         old = len(self.buf)
         if need <= SMALL_BLOCK and not self.pooled:
             self.buf.extend(bytes(min(max(need, 2 * old), SMALL_BLOCK) - old))
@@ -137,4 +216,3 @@ class DirtyBlock:
             big = pool.get()
             big[: self.length] = memoryview(self.buf)[: self.length]
             self.buf = big
-        return len(self.buf) - old

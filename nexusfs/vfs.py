@@ -415,6 +415,7 @@ class VFS:
         """Where block ``idx`` currently lives (caller holds oi.lock): bytes, a staging, a ref, or a hole."""
         blk = oi.dirty.get(idx)
         if blk is not None:
+            blk.flatten(self.pool)
             return blk.view()
         fut = oi.pending.get(idx)
         if fut is not None:
@@ -537,6 +538,8 @@ class VFS:
                     bases[idx] = None if base is None else base[:valid]
             oi.size = max(oi.size, end)
             view = memoryview(data)
+            # bytes never change: the dirty block may keep them instead of a copy
+            immutable = data if isinstance(data, bytes) else None
             pos = 0
             for idx in range(first, last + 1):
                 s = max(offset, idx * bs) - idx * bs
@@ -544,7 +547,8 @@ class VFS:
                 blk = oi.dirty.get(idx)
                 if blk is None:
                     blk = self._new_dirty(oi, idx, bases.get(idx))
-                self.dirty.add(blk.write(s, view[pos : pos + e - s], self.pool, self._zeros))
+                origin = None if immutable is None else (immutable, pos)
+                self.dirty.add(blk.write(s, view[pos : pos + e - s], self.pool, self._zeros, origin))
                 pos += e - s
                 if e == bs:  # the block is written up to its end: upload it now
                     self._stage_dirty(oi, idx)
@@ -578,22 +582,27 @@ class VFS:
         """Hand dirty block ``idx`` to the block layer (caller holds oi.lock)."""
         blk = oi.dirty.pop(idx)
         n = blk.capacity
+        valid = self._valid_len(oi, idx)
         self.dirty.start_upload(n)
         try:
-            fut = self.blocks.submit_stage(blk.view(self._valid_len(oi, idx)))
+            if blk.segments is None:
+                fut = self.blocks.submit_stage(blk.view(valid))
+            else:  # gathering the segments is a copy: the worker does it
+                fut = self.blocks.submit(lambda: self.blocks.stage(blk.gather(self.pool, valid)))
         except BaseException:
             self.dirty.finish_upload(n)
             raise
-        fut.add_done_callback(lambda _f, blk=blk: self._staged(blk))
+        fut.add_done_callback(lambda _f, blk=blk, n=n: self._staged(blk, n))
         oi.pending[idx] = fut
 
-    def _staged(self, blk: DirtyBlock) -> None:
-        """An upload ended: its buffer is free again.
+    def _staged(self, blk: DirtyBlock, n: int) -> None:
+        """An upload of ``n`` dirty bytes ended: its buffer is free again.
 
         (A future keeps its callbacks, and so this block, for as long as it lives:
         let go of the memory here.)
         """
-        self.dirty.finish_upload(blk.capacity)
+        self.dirty.finish_upload(n)
+        blk.segments = None
         if blk.pooled:
             self.pool.put(blk.buf)
         blk.buf = bytearray()
@@ -634,6 +643,7 @@ class VFS:
                 if base is not None and len(base) > cut:
                     self._new_dirty(oi, idx, base[:cut])
             elif blk.length > cut:
+                blk.flatten(self.pool)
                 blk.length = cut
         if size < oi.size:
             oi.keep_blocks = keep if oi.keep_blocks is None else min(oi.keep_blocks, keep)

@@ -97,7 +97,7 @@ class BufferPool:
 SEGMENT_MIN = 64 * 1024
 
 
-def _address(buf: bytes | mmap.mmap) -> int:
+def _address(buf: bytes | bytearray | mmap.mmap) -> int:
     if isinstance(buf, bytes):
         return ctypes.cast(buf, ctypes.c_void_p).value or 0
     c = ctypes.c_char.from_buffer(buf)
@@ -155,21 +155,14 @@ class DirtyBlock:
 
         ``origin`` says that ``data`` is the part of an immutable ``bytes`` object
         starting at that offset: it is then kept without a copy when it appends to a
-        block that is empty or segmented and is at least :data:`SEGMENT_MIN` long.
+        block that is new or segmented and is at least :data:`SEGMENT_MIN` long.
         """
         before = self.capacity
         end = start + len(data)
-        if (
-            origin is not None
-            and start == self.length
-            and (self.segments is not None or self.length == 0)
-            and len(data) >= SEGMENT_MIN
-        ):
+        # a block without a buffer is new (nothing written) or segmented
+        if origin is not None and start == self.length and not self.buf and len(data) >= SEGMENT_MIN:
             if self.segments is None:
                 self.segments = []
-                if self.pooled:
-                    pool.put(self.buf)
-                self.buf = bytearray()
             self.segments.append((origin[0], origin[1], len(data)))
             self.length = end
             return self.capacity - before

@@ -585,10 +585,8 @@ class VFS:
         valid = self._valid_len(oi, idx)
         self.dirty.start_upload(n)
         try:
-            if blk.segments is None:
-                fut = self.blocks.submit_stage(blk.view(valid))
-            else:  # gathering the segments is a copy: the worker does it
-                fut = self.blocks.submit(lambda: self.blocks.stage(blk.gather(self.pool, valid)))
+            # a segmented block is gathered into one buffer (a copy) by the worker
+            fut = self.blocks.submit(lambda: self.blocks.stage(blk.gather(self.pool, valid)))
         except BaseException:
             self.dirty.finish_upload(n)
             raise

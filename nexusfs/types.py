@@ -19,8 +19,25 @@ RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
+class TimeNow:
+    """The type of :data:`TIME_NOW` (a sentinel, so that every integer stays a real time)."""
+
+    def __repr__(self) -> str:
+        return "TIME_NOW"
+
+
 #: setattr: use the current time for atime/mtime
-TIME_NOW = -1
+TIME_NOW = TimeNow()
+
+#: the times an inode can hold: signed 64-bit nanoseconds since the epoch
+#: (years 1677 to 2262); setattr clamps times outside this range to its ends, as
+#: Linux clamps to the range of the filesystem's on-disk format
+TIME_NS_MIN = -(2**63)
+TIME_NS_MAX = 2**63 - 1
+
+
+def clamp_time_ns(t: int) -> int:
+    return min(max(t, TIME_NS_MIN), TIME_NS_MAX)
 
 
 @dataclass(slots=True)

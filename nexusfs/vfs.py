@@ -35,7 +35,7 @@ from .blocks import BlockLayer, Buffer, WouldBlock
 from .dirty import BufferPool, DirtyBlock, DirtyBuffer
 from .errors import FsError, NexusError, fs_error
 from .meta.engine import MetadataEngine, ObjectRef
-from .types import Attr, DirEntry, StatFs
+from .types import Attr, DirEntry, StatFs, TimeNow
 
 log = logging.getLogger("nexusfs.vfs")
 
@@ -190,8 +190,8 @@ class VFS:
         mode: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        atime_ns: int | None = None,
-        mtime_ns: int | None = None,
+        atime_ns: int | TimeNow | None = None,
+        mtime_ns: int | TimeNow | None = None,
         ctime_ns: int | None = None,
     ) -> Attr:
         if size is not None:

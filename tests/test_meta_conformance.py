@@ -27,6 +27,8 @@ from nexusfs.types import (
     RENAME_NOREPLACE,
     ROOT_INODE,
     TIME_NOW,
+    TIME_NS_MAX,
+    TIME_NS_MIN,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
@@ -1004,6 +1006,23 @@ def test_setattr_accepts_times_before_the_epoch(env):
     f = env.mk(ROOT_INODE, b"f")
     env.meta.setattr(f.ino, mtime_ns=-5_000_000_001)
     assert env.attr(f.ino).mtime_ns == -5_000_000_001
+
+
+def test_setattr_one_nanosecond_before_the_epoch_is_a_time_not_now(env):
+    f = env.mk(ROOT_INODE, b"f")
+    env.meta.setattr(f.ino, atime_ns=-1, mtime_ns=-1)
+    got = env.attr(f.ino)
+    assert (got.atime_ns, got.mtime_ns) == (-1, -1)
+
+
+def test_setattr_clamps_times_an_inode_cannot_hold(env):
+    f = env.mk(ROOT_INODE, b"f")
+    env.meta.setattr(f.ino, atime_ns=-(2**70), mtime_ns=2**70)
+    got = env.attr(f.ino)
+    assert (got.atime_ns, got.mtime_ns) == (TIME_NS_MIN, TIME_NS_MAX)
+    env.meta.setattr(f.ino, atime_ns=TIME_NS_MAX, mtime_ns=TIME_NS_MIN)
+    got = env.attr(f.ino)
+    assert (got.atime_ns, got.mtime_ns) == (TIME_NS_MAX, TIME_NS_MIN)
 
 
 def test_setattr_time_now_uses_the_current_time(env):

@@ -388,6 +388,11 @@ def test_utimens_explicit_now_omit(mdir):
         os.utime(f, ns=(a, m))
         st = os.stat(f)
         assert (st.st_atime_ns, st.st_mtime_ns) == (a, m)
+    # beyond what an inode holds (signed 64-bit ns, years 1677-2262): clamped, as ext4
+    # clamps to its own range, instead of failing
+    os.utime(f, ns=(-(2**40) * 10**9, 2**40 * 10**9))
+    st = os.stat(f)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (-(2**63), 2**63 - 1)
     os.utime(f, ns=(1_000_000_000_000_000_001, 1_000_000_000_000_000_002))
     # UTIME_NOW for both (os.utime with no times)
     t0 = time.time_ns()

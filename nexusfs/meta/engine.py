@@ -31,6 +31,8 @@ from ..types import (
     XATTR_SIZE_MAX,
     Attr,
     DirEntry,
+    TimeNow,
+    clamp_time_ns,
 )
 from . import schema
 from .db import Database
@@ -593,11 +595,12 @@ class MetadataEngine:
         mode: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        atime_ns: int | None = None,
-        mtime_ns: int | None = None,
+        atime_ns: int | TimeNow | None = None,
+        mtime_ns: int | TimeNow | None = None,
         ctime_ns: int | None = None,
     ) -> Attr:
-        """chmod / chown / utimens. ``TIME_NOW`` for atime/mtime means now. Size is vfs's job."""
+        """chmod / chown / utimens. ``TIME_NOW`` for atime/mtime means now; times beyond
+        what an inode holds are clamped (see ``TIME_NS_MAX``). Size is vfs's job."""
         with self.db.transaction(deferrable=True):
             attr = self.getattr(ino)
             t = now_ns()
@@ -614,10 +617,10 @@ class MetadataEngine:
                 if gid is not None and gid != -1:
                     attr.gid = gid
             if atime_ns is not None:
-                attr.atime_ns = t if atime_ns == TIME_NOW else atime_ns
+                attr.atime_ns = t if atime_ns is TIME_NOW else clamp_time_ns(atime_ns)
             if mtime_ns is not None:
-                attr.mtime_ns = t if mtime_ns == TIME_NOW else mtime_ns
-            attr.ctime_ns = t if ctime_ns is None else ctime_ns
+                attr.mtime_ns = t if mtime_ns is TIME_NOW else clamp_time_ns(mtime_ns)
+            attr.ctime_ns = t if ctime_ns is None else clamp_time_ns(ctime_ns)
             self.db.execute(
                 "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, ctime_ns = ? "
                 "WHERE id = ?",

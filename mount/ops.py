@@ -86,6 +86,8 @@ class NexusOperations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self.vfs = vfs
+        # what a program reads stays in the kernel's page cache: no second copy here
+        vfs.drop_behind = True
         #: the virtual .search/ directories (None: searching through the mount is off)
         self.search = SearchDirs(vfs, searcher) if searcher is not None else None
         self.attr_timeout = attr_timeout

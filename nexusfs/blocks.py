@@ -222,6 +222,12 @@ class BlockLayer:
             with self._cache_lock:
                 self._cache[oid] = data
 
+    def uncache(self, refs: Iterable[ObjectRef]) -> None:
+        """Drop objects from the read cache (their memory goes once nobody views it)."""
+        with self._cache_lock:
+            for ref in refs:
+                self._cache.pop(ref.id, None)
+
     def fetch(self, ref: ObjectRef) -> Buffer:
         """The raw content of an object (cache, or a download shared with concurrent callers)."""
         data = self.cached(ref.id)

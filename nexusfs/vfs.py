@@ -68,6 +68,8 @@ class OpenInode:
     #: committed inline content (False: not loaded yet)
     inline: bytes | None | bool = False
     modified: bool = False
+    #: where the last read started and ended (sequential reads continue at its end)
+    last_read_start: int = -1
     last_read_end: int = -1
 
 
@@ -112,6 +114,12 @@ class VFS:
         self.pool = BufferPool(self.block_size, keep=max(2, min(16, dirty_limit // self.block_size)))
         self._zeros = memoryview(bytes(self.block_size))
         self.readahead_blocks = readahead_blocks
+        #: drop blocks that a sequential reader has read past from the block cache. Set
+        #: by the mount: there the kernel's page cache holds what was read, and a second
+        #: copy here costs memory, and page faults for every block fetched into fresh
+        #: memory (freed blocks are reused instead): cold sequential reads through the
+        #: mount ~+20% (1083 -> 1312 MiB/s, medians of 7 alternated runs)
+        self.drop_behind = False
         self._lock = threading.Lock()
         self._open: dict[int, OpenInode] = {}
         self._handles: dict[int, Handle] = {}
@@ -473,6 +481,15 @@ class VFS:
                 else:
                     plan.append((src, a, b))
             sequential = offset == oi.last_read_end
+            passed: list[ObjectRef] = []
+            if sequential and self.drop_behind:
+                # blocks the previous read touched that this one starts beyond
+                for idx in range(oi.last_read_start // bs, offset // bs):
+                    if idx not in oi.dirty and idx not in oi.pending:
+                        src = self._source(oi, idx)
+                        if isinstance(src, ObjectRef):
+                            passed.append(src)
+            oi.last_read_start = offset
             oi.last_read_end = end
             ahead: list[ObjectRef] = []
             if sequential and self.readahead_blocks and isinstance(plan[-1][0], ObjectRef):
@@ -483,6 +500,8 @@ class VFS:
                     src = self._source(oi, idx)
                     if isinstance(src, ObjectRef):
                         ahead.append(src)
+        if passed:
+            self.blocks.uncache(passed)
         if ahead:
             self.blocks.prefetch(ahead)
         pieces: list[Buffer] = []

@@ -691,3 +691,53 @@ def test_reopened_store_reads_everything_back(store_dir):
         for p, data in files.items():
             assert nx.read_bytes(p) == data
         assert nx.meta.block_size == BS  # fixed at init
+
+
+# ------------------------------------------------------------------ drop-behind
+def _cached_blocks(store, ino: int) -> list[int]:
+    """Indexes of the file's blocks whose objects are in the read cache."""
+    refs = store.meta.block_map(ino)
+    return sorted(i for i, ref in refs.items() if store.vfs.blocks.cached(ref.id) is not None)
+
+
+def _fresh_reader(nx, store, path: str, nblocks: int):
+    nx.write_bytes(path, pattern(nblocks * BS, 7))
+    ino = ino_of(nx, path)
+    store.vfs.blocks.uncache(store.meta.block_map(ino).values())
+    return H(store.vfs, ino, os.O_RDONLY)
+
+
+def test_drop_behind_uncaches_blocks_a_sequential_reader_has_passed(nx, store):
+    store.vfs.drop_behind = True
+    store.vfs.readahead_blocks = 0
+    h = _fresh_reader(nx, store, "/seq", 4)
+    data = pattern(4 * BS, 7)
+    step = BS // 4
+    got = b""
+    for off in range(0, 2 * BS + step, step):  # up to the first quarter of block 2
+        got += h.read(off, step)
+    assert got == data[: 2 * BS + step]
+    assert _cached_blocks(store, h.ino) == [2]
+    # reads that straddle a block boundary: the block is dropped once a read starts past it
+    assert h.read(2 * BS + step, BS) == data[2 * BS + step : 3 * BS + step]
+    assert _cached_blocks(store, h.ino) == [2, 3]
+    assert h.read(3 * BS + step, step) == data[3 * BS + step : 3 * BS + 2 * step]
+    assert _cached_blocks(store, h.ino) == [3]
+    h.close()
+
+
+def test_drop_behind_keeps_blocks_for_random_reads_and_when_off(nx, store):
+    store.vfs.readahead_blocks = 0
+    data = pattern(3 * BS, 7)
+    store.vfs.drop_behind = False
+    h = _fresh_reader(nx, store, "/off", 3)
+    assert h.read(0, 3 * BS) == data
+    assert h.read(3 * BS, BS) == b""
+    assert _cached_blocks(store, h.ino) == [0, 1, 2]
+    h.close()
+    store.vfs.drop_behind = True
+    h = _fresh_reader(nx, store, "/random", 3)
+    for off in (2 * BS, 0, BS, 0):  # never one read right after the other
+        assert h.read(off, 100) == data[off : off + 100]
+    assert _cached_blocks(store, h.ino) == [0, 1, 2]
+    h.close()

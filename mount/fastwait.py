@@ -17,19 +17,46 @@ falls back to trio's own wait, which also reports a closed descriptor as before.
 The stand-in's ``Lock`` (pyfuse3 takes one around each wait) does not yield when
 it is free, for the same reason. Measured through the mount (2000 empty files,
 medians of 5, A/B runs alternated): creates +8-10%, unlinks +8%.
+
+When no request is waiting, the wait first keeps asking for up to
+:data:`SPIN_SECONDS` (unless a worker thread has a result for trio to deliver)
+before it sleeps. A program working through the mount one call at a time sends
+its next request within a few tens of microseconds of our reply; caught while we are still awake, it costs neither our
+going to sleep nor the kernel waking us, which on this VM is most of a small
+request's cost. Measured through the mount (2000 files, medians of 8, A/B
+alternated), spinning 20 µs: stats with a cold dentry cache 16.2k -> 23.3k/s,
+creates 4.3k -> 5.3k/s, unlinks 7.2k -> 8.1k/s (50 µs gained little more); 256
+MiB written or read in 1 MiB requests, whose next request mostly comes later than
+that: 3-4% slower (medians of 6, within the noise). The price is CPU while
+requests keep coming (at most SPIN_SECONDS after each), none while the mount is
+idle; with a single CPU the spin would only delay the program we wait for, so it
+is off there.
 """
 
 from __future__ import annotations
 
+import os
 import select
+import time
 from typing import Any
 
 import trio
 
+#: how long the wait keeps asking for the next request before it sleeps
+SPIN_SECONDS = 20e-6
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
 
 class _Lowlevel:
-    def __init__(self) -> None:
+    def __init__(self, spin: float | None = None) -> None:
         self._polls: dict[int, Any] = {}
+        self.spin = (SPIN_SECONDS if _cpus() > 1 else 0.0) if spin is None else spin
 
     def __getattr__(self, name: str) -> Any:
         return getattr(trio.lowlevel, name)
@@ -41,10 +68,29 @@ class _Lowlevel:
                 p = self._polls[fd] = select.poll()
                 p.register(fd, select.POLLIN)
             ready = p.poll(0)
+            if not ready and self.spin:
+                ready = self._spin(p)
             if ready and ready[0][1] == select.POLLIN:
                 await trio.lowlevel.checkpoint()
                 return
         await trio.lowlevel.wait_readable(fd)
+
+    def _spin(self, p: Any) -> list[tuple[int, int]]:
+        """Poll for up to ``self.spin`` seconds, unless a worker thread hands trio a result.
+
+        Runnable tasks do not stop it: pyfuse3's other reader task is woken each time
+        the lock is let go, only to wait for it again, so there nearly always is one;
+        a task that really has work waits at most ``self.spin``.
+        """
+        statistics = trio.lowlevel.current_statistics
+        deadline = time.perf_counter() + self.spin
+        while time.perf_counter() < deadline:
+            if statistics().run_sync_soon_queue_size:
+                break
+            ready = p.poll(0)
+            if ready:
+                return ready
+        return []
 
 
 class _Lock:

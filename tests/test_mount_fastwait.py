@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import types
 
 import pytest
@@ -106,3 +107,82 @@ def test_the_lock_excludes_and_wakes_a_waiter():
 
     trio.run(main)
     assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"])
+
+
+def test_the_spin_catches_a_request_that_comes_while_it_polls(monkeypatch):
+    # a budget far longer than the sender's delay: the request must be caught by the
+    # spin, never by trio's own wait (which is made to fail here)
+    low = fastwait._Lowlevel(spin=60.0)
+    a, b = socket.socketpair()
+
+    async def not_expected(fd: object) -> None:
+        raise AssertionError("fell back to trio's wait")
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", not_expected)
+    sender = threading.Timer(0.01, b.send, (b"request",))
+
+    async def main() -> None:
+        sender.start()
+        await low.wait_readable(a.fileno())
+
+    try:
+        trio.run(main)
+    finally:
+        sender.join()
+        a.close()
+        b.close()
+
+
+def test_the_spin_gives_way_to_a_worker_threads_result():
+    # the spin's budget is far longer than the test's deadline: it must stop when the
+    # worker thread's result is queued for trio, so the result is delivered and the
+    # request sent afterwards is received through trio's own wait
+    low = fastwait._Lowlevel(spin=60.0)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    order: list[str] = []
+    started = threading.Event()
+    spinning = threading.Event()
+    spin = low._spin
+
+    def spin_and_tell(p):
+        spinning.set()
+        return spin(p)
+
+    low._spin = spin_and_tell  # the thread's result must come while the spin runs
+
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+
+                def in_thread() -> None:
+                    started.set()
+                    spinning.wait(30)
+
+                async def worker() -> None:
+                    await trio.to_thread.run_sync(in_thread)
+                    order.append("thread result delivered")
+                    b.send(b"request")
+
+                async def waiter() -> None:
+                    await low.wait_readable(a.fileno())
+                    order.append("request received")
+
+                n.start_soon(worker)
+                while not started.is_set():  # the thread runs before the spin begins
+                    await trio.sleep(0.001)
+                n.start_soon(waiter)
+
+    try:
+        trio.run(main)
+    finally:
+        a.close()
+        b.close()
+    assert order == ["thread result delivered", "request received"]
+
+
+def test_no_spin_with_a_single_cpu(monkeypatch):
+    monkeypatch.setattr(fastwait, "_cpus", lambda: 1)
+    assert fastwait._Lowlevel().spin == 0
+    monkeypatch.setattr(fastwait, "_cpus", lambda: 2)
+    assert fastwait._Lowlevel().spin == fastwait.SPIN_SECONDS

@@ -186,3 +186,62 @@ def test_no_spin_with_a_single_cpu(monkeypatch):
     assert fastwait._Lowlevel().spin == 0
     monkeypatch.setattr(fastwait, "_cpus", lambda: 2)
     assert fastwait._Lowlevel().spin == fastwait.SPIN_SECONDS
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts how often each task is stepped: a task that yields is stepped again."""
+
+    def __init__(self) -> None:
+        self.steps: dict[object, int] = {}
+
+    def before_task_step(self, task: object) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+def _yields(low: fastwait._Lowlevel, fd: int, steps: _Steps):
+    async def wait() -> bool:
+        me = trio.lowlevel.current_task()
+        before = steps.steps.get(me, 0)
+        await low.wait_readable(fd)
+        return steps.steps.get(me, 0) > before
+
+    return wait()
+
+
+def test_a_queued_request_is_taken_without_yielding_unless_trio_has_work():
+    low = fastwait._Lowlevel(spin=0.0, yield_every=60.0)
+    a, b = socket.socketpair()
+    steps = _Steps()
+    seen: list[bool] = []
+
+    async def main() -> None:
+        b.send(b"request")
+        seen.append(await _yields(low, a.fileno(), steps))
+        # a worker thread's result (or a signal) waiting for trio: yield first
+        trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)
+        seen.append(await _yields(low, a.fileno(), steps))
+
+    try:
+        trio.run(main, instruments=[steps])
+    finally:
+        a.close()
+        b.close()
+    assert seen == [False, True]
+
+
+def test_a_stream_of_requests_still_yields_every_so_often():
+    low = fastwait._Lowlevel(spin=0.0, yield_every=0.0)
+    a, b = socket.socketpair()
+    steps = _Steps()
+    seen: list[bool] = []
+
+    async def main() -> None:
+        b.send(b"request")
+        seen.append(await _yields(low, a.fileno(), steps))
+
+    try:
+        trio.run(main, instruments=[steps])
+    finally:
+        a.close()
+        b.close()
+    assert seen == [True]

@@ -19,6 +19,7 @@ RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
+
 class TimeNow:
     """The type of :data:`TIME_NOW` (a sentinel, so that every integer stays a real time)."""
 

@@ -198,50 +198,36 @@ class _Steps(trio.abc.Instrument):
         self.steps[task] = self.steps.get(task, 0) + 1
 
 
-def _yields(low: fastwait._Lowlevel, fd: int, steps: _Steps):
-    async def wait() -> bool:
-        me = trio.lowlevel.current_task()
-        before = steps.steps.get(me, 0)
-        await low.wait_readable(fd)
-        return steps.steps.get(me, 0) > before
+def _yielded(low: fastwait._Lowlevel, trio_has_work: list[bool]) -> list[bool]:
+    """Wait once per item with a request queued (and, where the item is True, a job queued
+    for trio first); return whether each wait yielded to trio's scheduler."""
+    a, b = socket.socketpair()
+    steps = _Steps()
+    seen: list[bool] = []
 
-    return wait()
+    async def main() -> None:
+        me = trio.lowlevel.current_task()
+        b.send(b"request")
+        for work in trio_has_work:
+            if work:  # as a worker thread's result or a signal would be
+                trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)
+            before = steps.steps.get(me, 0)
+            await low.wait_readable(a.fileno())
+            seen.append(steps.steps.get(me, 0) > before)
+
+    try:
+        trio.run(main, instruments=[steps])
+    finally:
+        a.close()
+        b.close()
+    return seen
 
 
 def test_a_queued_request_is_taken_without_yielding_unless_trio_has_work():
     low = fastwait._Lowlevel(spin=0.0, yield_every=60.0)
-    a, b = socket.socketpair()
-    steps = _Steps()
-    seen: list[bool] = []
-
-    async def main() -> None:
-        b.send(b"request")
-        seen.append(await _yields(low, a.fileno(), steps))
-        # a worker thread's result (or a signal) waiting for trio: yield first
-        trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)
-        seen.append(await _yields(low, a.fileno(), steps))
-
-    try:
-        trio.run(main, instruments=[steps])
-    finally:
-        a.close()
-        b.close()
-    assert seen == [False, True]
+    assert _yielded(low, [False, True]) == [False, True]
 
 
 def test_a_stream_of_requests_still_yields_every_so_often():
     low = fastwait._Lowlevel(spin=0.0, yield_every=0.0)
-    a, b = socket.socketpair()
-    steps = _Steps()
-    seen: list[bool] = []
-
-    async def main() -> None:
-        b.send(b"request")
-        seen.append(await _yields(low, a.fileno(), steps))
-
-    try:
-        trio.run(main, instruments=[steps])
-    finally:
-        a.close()
-        b.close()
-    assert seen == [True]
+    assert _yielded(low, [False]) == [True]

@@ -88,6 +88,10 @@ class Config:
     semantic: bool = True
     #: embedding model for semantic search (empty: the default model)
     embedder: str = ""
+    #: a grep or semantic query stops after this long (seconds; 0 = no limit)
+    search_timeout: float = 60.0
+    #: the mount's .search results of one query may hold this much (larger: EFBIG)
+    search_results_max: int = 256 * MiB
     #: where the config came from, for messages
     source: str = "defaults"
 
@@ -110,6 +114,10 @@ class Config:
             raise ConfigError(f"group_commit must be between 0 and 1s, not {self.group_commit}s")
         if self.threads < 1:
             raise ConfigError("threads must be at least 1")
+        if self.search_timeout < 0:
+            raise ConfigError(f"search_timeout must be 0 (no limit) or more, not {self.search_timeout}s")
+        if self.search_results_max < 64 * KiB:
+            raise ConfigError(f"search_results_max must be at least 64KiB, not {self.search_results_max}")
         if self.dirty_limit < 64 * KiB:
             raise ConfigError(f"dirty_limit must be at least 64KiB, not {self.dirty_limit}")
         # (that it holds a whole block is checked when the store, and so its block size, is open)
@@ -144,9 +152,9 @@ class Config:
 
 def _coerce(name: str, raw: object, source: str) -> object:
     what = f"{source}: {name}"
-    if name in ("block_size", "inline_max", "cache_size", "dirty_limit"):
+    if name in ("block_size", "inline_max", "cache_size", "dirty_limit", "search_results_max"):
         return parse_size(raw, what)
-    if name in ("gc_grace", "group_commit"):
+    if name in ("gc_grace", "group_commit", "search_timeout"):
         return parse_duration(raw, what)
     if name in ("threads", "readahead_blocks"):
         try:

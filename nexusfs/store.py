@@ -40,7 +40,8 @@ class Store:
             from .search.service import Searcher
 
             self._searcher = Searcher(self.meta, self.vfs.blocks, embedder=self.config.embedder or None,
-                                      semantic=self.config.semantic)
+                                      semantic=self.config.semantic,
+                                      timeout=self.config.search_timeout or None)
         return self._searcher
 
     def start_indexer(self):

@@ -142,3 +142,35 @@ class StoreInfo:
     def compression_ratio(self) -> float:
         stored = self.stored_bytes - self.inline_bytes
         return self.unique_bytes / stored if stored > 0 else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks (uid, primary gid, supplementary groups) and, where known, the process
+    asking (``pid``, 0 if unknown): permission checks and query cancellation use it."""
+
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()
+    pid: int = 0
+
+    @property
+    def key(self) -> tuple:
+        """Callers with the same key may see the same (permission-filtered) results."""
+        return ("root",) if self.uid == 0 else (self.uid, self.gid, self.groups)
+
+    def permits(self, attr: Attr, mask: int) -> bool:
+        """access(2) by mode bits: may this caller read (4), write (2), search/execute (1)?
+        Root may do anything but execute a file that has no execute bit at all."""
+        mask &= 0o7
+        if not mask:
+            return True
+        if self.uid == 0:
+            return not (mask & 1 and not _stat.S_ISDIR(attr.mode) and not attr.mode & 0o111)
+        if self.uid == attr.uid:
+            bits = attr.mode >> 6
+        elif attr.gid == self.gid or attr.gid in self.groups:
+            bits = attr.mode >> 3
+        else:
+            bits = attr.mode
+        return bits & mask == mask

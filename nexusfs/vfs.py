@@ -35,7 +35,7 @@ from .blocks import BlockLayer, Buffer, WouldBlock
 from .dirty import BufferPool, DirtyBlock, DirtyBuffer
 from .errors import FsError, NexusError, fs_error
 from .meta.engine import MetadataEngine, ObjectRef
-from .types import Attr, DirEntry, StatFs, TimeNow
+from .types import Attr, Caller, DirEntry, StatFs, TimeNow
 
 log = logging.getLogger("nexusfs.vfs")
 
@@ -367,19 +367,7 @@ class VFS:
 
     def access(self, ino: int, mask: int, uid: int, gid: int, groups: set[int]) -> bool:
         """access(2) by mode bits (the mount normally leaves this to the kernel)."""
-        attr = self.meta.getattr(ino)
-        mask &= os.R_OK | os.W_OK | os.X_OK
-        if not mask:
-            return True
-        if uid == 0:
-            return not (mask & os.X_OK and not attr.is_dir and not attr.mode & 0o111)
-        if uid == attr.uid:
-            bits = attr.mode >> 6
-        elif attr.gid == gid or attr.gid in groups:
-            bits = attr.mode >> 3
-        else:
-            bits = attr.mode
-        return bits & mask == mask
+        return Caller(uid, gid, frozenset(groups)).permits(self.meta.getattr(ino), mask)
 
     def flush(self, fh: int) -> None:
         self._commit(self._handle(fh).oi)

@@ -33,12 +33,11 @@ def test_window_slides_over_all_contents():
     sizes[7] = 2500  # larger than the whole window
     sizes[9] = 0
     blocks = FakeBlocks()
-    targets = [(i, f"/f{i}", None) for i in sizes] + [(3, "/copy-of-3", None)]
-    ahead = _ReadAhead(FakeMeta(sizes), blocks, targets)
+    meta = FakeMeta(sizes)
+    ahead = _ReadAhead(blocks, [meta.content_location(i) for i in sizes])  # what grep reads, in order
     assert 0 < len(blocks.asked) <= 4  # the first window only
     for ino in sizes:
-        loc = ahead.next_content()
-        assert loc[0] == sizes[ino]
+        ahead.advance()  # grep starts reading this content
         if sizes[ino]:
             assert ino in blocks.asked  # fetched before it is read
         # what is asked for but not read yet: under the window when the last one was added

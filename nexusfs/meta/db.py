@@ -93,6 +93,12 @@ class Database(ABC):
         self.commit_pending()
         self._sync()
 
+    def generation(self) -> tuple:
+        """A value that changes whenever anything is committed to the database, by this
+        connection or another (cached query results are reused only while it stays).
+        The default changes every time: never reuse."""
+        return (time.monotonic_ns(),)
+
     def close(self) -> None:
         with self.lock:
             self._closing = True
@@ -345,6 +351,11 @@ class SQLiteDatabase(Database):
 
     def _in_transaction(self) -> bool:
         return not self.conn.getautocommit()
+
+    def generation(self) -> tuple:
+        with self.lock:
+            # total_changes: this connection's writes; data_version: other connections' commits
+            return (self.conn.total_changes(), self.query_value("PRAGMA data_version"))
 
     def table_exists(self, name: str) -> bool:
         return (

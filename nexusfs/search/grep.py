@@ -48,6 +48,8 @@ class GrepMatch:
     path: str
     line_no: int
     line: str
+    #: a matching line of a binary file (its text is not given), only when asked for
+    binary: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line_no}:{self.line}"
@@ -65,10 +67,21 @@ def compile_pattern(pattern: str, opts: GrepOptions) -> re.Pattern[bytes]:
     if opts.word:
         body = rf"(?<!\w)(?:{body})(?!\w)"
     flags = re.IGNORECASE if opts.ignore_case else 0
+    if "\0" in pattern:
+        raise ValueError("a pattern cannot contain a NUL byte (no text line holds one)")
     try:
         return re.compile(body.encode("utf-8", "surrogateescape"), flags | re.MULTILINE)
     except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        raise ValueError(f"invalid regular expression {_shown(pattern)}: {exc}") from None
+    except OverflowError:
+        raise ValueError(f"invalid regular expression {_shown(pattern)}: a repeat count is too large") from None
+    except RecursionError:
+        raise ValueError(f"invalid regular expression {_shown(pattern)}: nested too deeply") from None
+
+
+def _shown(pattern: str, width: int = 80) -> str:
+    """The pattern for a message (a long one shortened)."""
+    return repr(pattern if len(pattern) <= width else pattern[:width] + "...")
 
 
 def is_binary(data: bytes) -> bool:
@@ -79,9 +92,13 @@ def is_binary(data: bytes) -> bool:
 _PLAIN = re.compile(rb"[^.^$*+?{}\[\]\\|()]+")
 
 
-def line_matcher(pattern: str, opts: GrepOptions, *,
-                 prefilter: bool = False) -> Callable[[bytes], list[tuple[int, bytes]]]:
-    """A function giving the matching lines of a content (see ``match_lines``).
+Spans = list[tuple[int, int, int]]
+
+
+def span_matcher(pattern: str, opts: GrepOptions, *,
+                 prefilter: bool = False) -> Callable[[bytes], Spans]:
+    """A function giving the matching lines of a content as (1-based line number, start
+    offset, end offset without the newline) (see ``match_spans``).
 
     ``prefilter``: first ask RE2 whether the content can match at all (worth it when most
     contents will not: a pattern the index could not narrow)."""
@@ -93,28 +110,38 @@ def line_matcher(pattern: str, opts: GrepOptions, *,
         # case-sensitive literal search is many times faster than the folding regex engine
         folded = compile_pattern(raw.lower().decode("utf-8", "surrogateescape"),
                                  replace(opts, ignore_case=False, fixed=True))
-        return lambda data: match_lines(folded, data.lower(), opts, source=data)
+        return lambda data: match_spans(folded, data.lower(), opts)
     may_match = content_filter(translate_gnu(pattern), opts.ignore_case) \
         if prefilter and not opts.invert and not opts.fixed else None
     if may_match is not None:
         # (-w only narrows a match further: its body alone is a valid pre-check)
-        return lambda data: match_lines(rx, data, opts) if may_match(data) else []
-    return lambda data: match_lines(rx, data, opts)
+        return lambda data: match_spans(rx, data, opts) if may_match(data) else []
+    return lambda data: match_spans(rx, data, opts)
 
 
-def match_lines(rx: re.Pattern[bytes], data: bytes, opts: GrepOptions,
-                source: bytes | None = None) -> list[tuple[int, bytes]]:
-    """(1-based line number, line without newline) of the matching lines of ``data``;
-    the lines are cut from ``source`` (same length and line breaks) when given."""
-    if source is None:
-        source = data
-    if opts.invert:
-        lines = data.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        return [(i + 1, ln) for i, ln in enumerate(lines) if not rx.search(ln)]
-    out: list[tuple[int, bytes]] = []
+def line_matcher(pattern: str, opts: GrepOptions, *,
+                 prefilter: bool = False) -> Callable[[bytes], list[tuple[int, bytes]]]:
+    """A function giving the matching lines of a content: (1-based line number, line
+    without its newline)."""
+    spans = span_matcher(pattern, opts, prefilter=prefilter)
+    return lambda data: [(n, data[a:b]) for n, a, b in spans(data)]
+
+
+def match_spans(rx: re.Pattern[bytes], data: bytes, opts: GrepOptions) -> Spans:
+    """(1-based line number, start, end) of the lines of ``data`` that ``rx`` matches
+    (or, with ``opts.invert``, does not match); a line never includes its newline."""
+    out: Spans = []
     n = len(data)
+    if opts.invert:
+        start, line_no = 0, 1
+        while start < n:
+            end = data.find(b"\n", start)
+            if end < 0:
+                end = n
+            if not rx.search(data[start:end]):  # the line alone, as grep sees it
+                out.append((line_no, start, end))
+            start, line_no = end + 1, line_no + 1
+        return out
     line_no = 1
     counted = 0  # newlines before this offset are already counted in line_no
     pos = 0
@@ -133,6 +160,6 @@ def match_lines(rx: re.Pattern[bytes], data: bytes, opts: GrepOptions,
         if m.end() <= end or rx.search(data, start, end):
             line_no += data.count(b"\n", counted, start)
             counted = start
-            out.append((line_no, source[start:end]))
+            out.append((line_no, start, end))
         pos = end + 1
     return out

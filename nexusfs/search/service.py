@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 import stat
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +25,22 @@ from typing import Any
 from .. import paths
 from ..blocks import BlockLayer
 from ..meta.engine import MetadataEngine
-from ..types import ROOT_INODE
+from ..types import ROOT_INODE, Caller
 from .content import read_committed
-from .grep import GrepMatch, GrepOptions, is_binary, line_matcher, translate_gnu
+from .grep import GrepMatch, GrepOptions, compile_pattern, is_binary, translate_gnu
 from .index import SearchIndex
 from .indexer import load_embedder
 from .literals import fts5_expression, required_query
+from .matcher import MatcherPool, QueryGuard, process_gone
 from .pattern import GlobPattern
 from .vectors import VectorMatrix
+
+#: grep keeps the lines of a content for its other paths (copies, hard links) when the
+#: content is at most this large, up to this much content per query; larger ones are read again
+KEEP_CONTENT_MAX = 4 << 20
+KEEP_TOTAL_MAX = 64 << 20
+#: grep matches a file larger than this (and than a block) in pieces of whole lines
+PIECE_MAX = 8 << 20
 
 #: reciprocal-rank-fusion constant
 RRF_K = 60
@@ -78,21 +87,75 @@ def _content_key(ino: int, doc: int | None) -> tuple[str, int]:
     return ("doc", doc) if doc is not None else ("ino", ino)
 
 
-class _ReadAhead:
-    """Where each distinct content of a grep lies, with its blocks fetched by the I/O
-    threads a window ahead of the matching (a quarter of the block cache), so reading,
-    decompressing and checking blocks overlap the matching however many files there are."""
+class View:
+    """What one caller may see of a subtree (None as a view: everything, e.g. the owner).
 
-    def __init__(self, meta: MetadataEngine, blocks: BlockLayer, targets: list[tuple[int, str, int | None]]) -> None:
+    A name shows only if the caller could list (read and search) every directory from
+    the searched one down to it, as ``find`` would need; content shows only if the
+    caller may also read the file. Answers are remembered for the query's lifetime."""
+
+    def __init__(self, meta: MetadataEngine, caller: Caller, scope: int) -> None:
+        self.meta = meta
+        self.caller = caller
+        self.scope = scope
+        self._dirs: dict[int, bool] = {}
+
+    def can_list(self, dino: int) -> bool:
+        """May the caller list ``dino`` and every directory between the scope and it?"""
+        ok = self._dirs.get(dino)
+        if ok is None:
+            try:
+                ok = self.caller.permits(self.meta.getattr(dino), 0o5)
+                if ok and dino != self.scope and dino != ROOT_INODE:
+                    ok = self.can_list(self.meta.parent_of(dino))
+            except OSError:
+                ok = False
+            self._dirs[dino] = ok
+        return ok
+
+    def can_read(self, ino: int) -> bool:
+        try:
+            return self.caller.permits(self.meta.getattr(ino), 0o4)
+        except OSError:
+            return False
+
+
+def visible(view: View | None, parent: int) -> bool:
+    return view is None or view.can_list(parent)
+
+
+@dataclass
+class _Plan:
+    """One file grep matches: read and matched (``units``), or given the lines of an
+    earlier path with the same content (``reuse``)."""
+
+    ino: int
+    path: str
+    key: Any
+    loc: Any
+    reuse: bool = False
+    #: keep the lines for later paths with the same content
+    keep: bool = False
+
+
+class _Unit:
+    """Which plan entry a unit of matching belongs to, and whether it is that file's last."""
+
+    __slots__ = ("plan", "last", "binary")
+
+    def __init__(self, plan: int, last: bool, binary: bool) -> None:
+        self.plan, self.last, self.binary = plan, last, binary
+
+
+class _ReadAhead:
+    """The blocks of the contents grep will read, fetched by the I/O threads a window
+    ahead of the matching (a quarter of the block cache), so reading, decompressing and
+    checking blocks overlap the matching however many files there are."""
+
+    def __init__(self, blocks: BlockLayer, plan: list[Any]) -> None:
         self.blocks = blocks
         self.window = blocks.cache_bytes // 4
-        self.plan: list[Any] = []  # content_location of each distinct content, in the order grep reads them
-        seen: set[Any] = set()
-        for ino, _path, doc in targets:
-            key = _content_key(ino, doc)
-            if key not in seen:
-                seen.add(key)
-                self.plan.append(meta.content_location(ino))
+        self.plan = plan  # content_location of each content read, in the order grep reads them
         self.read = 0  # contents handed out
         self.fetched = 0  # contents whose blocks were asked for
         self.in_flight = 0  # bytes asked for and not yet handed out
@@ -110,26 +173,27 @@ class _ReadAhead:
                 self.in_flight += self._size(loc)
             self.fetched += 1
 
-    def next_content(self) -> Any:
-        """The location of the next distinct content (grep reads them in target order)."""
-        loc = self.plan[self.read]
+    def advance(self) -> None:
+        """The next content in the plan is being read."""
+        self.in_flight -= self._size(self.plan[self.read])
         self.read += 1
-        self.in_flight -= self._size(loc)
         self._fill()
-        return loc
 
 
 class Searcher:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
-                 semantic: bool = True) -> None:
+                 semantic: bool = True, timeout: float | None = None) -> None:
+        """``timeout``: how long a grep or semantic query may run (None: no limit)."""
         self.meta = meta
         self.blocks = blocks
         self.index = SearchIndex(meta.db)
         self.embedder_name = embedder
         self.semantic = semantic
+        self.timeout = timeout
         self.vectors = VectorMatrix(self.index)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._matchers: MatcherPool | None = None
         self._ready = False
         self._text_ready = False
 
@@ -152,12 +216,24 @@ class Searcher:
             return None
         return load_embedder(self.embedder_name)[0]
 
+    def guard(self, caller: Caller | None = None, what: str = "the query") -> QueryGuard:
+        """A query's limits: this searcher's time limit, and an end when the caller's
+        process (if known) has gone away."""
+        pid = caller.pid if caller is not None else 0
+        return QueryGuard(self.timeout, (lambda: process_gone(pid)) if pid else None, what=what)
+
+    def view(self, caller: Caller | None, scope: int) -> View | None:
+        """What ``caller`` may see under ``scope`` (None: no filtering, for root or the owner)."""
+        return None if caller is None or caller.uid == 0 else View(self.meta, caller, scope)
+
     # ---------------------------------------------------------------- scope
-    def paths_in_scope(self, ino: int, root: str) -> list[str]:
-        """Every path of ``ino`` that lies under directory ``root``."""
+    def paths_in_scope(self, ino: int, root: str, view: View | None = None) -> list[str]:
+        """Every path of ``ino`` that lies under directory ``root`` (and that ``view`` shows)."""
         out = []
         prefix = "" if root == "/" else root
         for parent, name in self.meta.names_of(ino):
+            if not visible(view, parent):
+                continue
             try:
                 p = paths.join(paths.decode(self.meta.path_of(parent)) if parent != ROOT_INODE else "/", name)
             except OSError:
@@ -166,12 +242,17 @@ class Searcher:
                 out.append(p)
         return out
 
-    def files_under(self, root_ino: int, root: str) -> list[tuple[int, str]]:
-        """(inode, path) of every regular file below a directory."""
+    def files_under(self, root_ino: int, root: str, view: View | None = None,
+                    guard: QueryGuard | None = None) -> list[tuple[int, str]]:
+        """(inode, path) of every regular file below a directory (that ``view`` shows)."""
         out: list[tuple[int, str]] = []
         stack = [(root_ino, root)]
         while stack:
             dino, dpath = stack.pop()
+            if guard is not None:
+                guard.check()
+            if not visible(view, dino):
+                continue
             for name, child, mode in self.meta.list_names(dino):
                 p = paths.join(dpath, name)
                 if stat.S_ISDIR(mode):
@@ -181,16 +262,21 @@ class Searcher:
         return out
 
     # ----------------------------------------------------------------- glob
-    def glob_walk(self, g: GlobPattern, base: str, start: str, start_ino: int) -> list[tuple[str, int]]:
+    def glob_walk(self, g: GlobPattern, base: str, start: str, start_ino: int, *,
+                  view: View | None = None, guard: QueryGuard | None = None) -> list[tuple[str, int]]:
         """(path, inode) of the entries under ``start`` whose path relative to ``base``
         matches ``g``, sorted; ``start`` is ``base`` plus the pattern's literal prefix."""
         out: list[tuple[str, int]] = []
         skip = len(base) + (0 if base == "/" else 1)
-        if g.literal_prefix and g.match(start[skip:], True):
+        if g.literal_prefix and g.match(start[skip:], True) and visible(view, self.meta.parent_of(start_ino)):
             out.append((start, start_ino))  # 'a/**' matches 'a' itself
         stack = [(start, start_ino, len(g.literal_prefix))]
         while stack:
             dpath, dino, depth = stack.pop()
+            if guard is not None:
+                guard.check()
+            if not visible(view, dino):
+                continue
             for name, child, mode in self.meta.list_names(dino):
                 p = paths.join(dpath, name)
                 is_dir = stat.S_ISDIR(mode)
@@ -205,38 +291,171 @@ class Searcher:
 
     # ----------------------------------------------------------------- grep
     def grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions,
-             max_count: int | None = None) -> list[GrepMatch]:
+             max_count: int | None = None, **kw: Any) -> list[GrepMatch]:
+        """Every match of :meth:`iter_grep`, as a list."""
+        return list(self.iter_grep(pattern, root_ino, root, opts, max_count=max_count, **kw))
+
+    def iter_grep(self, pattern: str, root_ino: int, root: str, opts: GrepOptions, *,
+                  max_count: int | None = None, caller: Caller | None = None,
+                  guard: QueryGuard | None = None, binary: bool = False) -> Iterator[GrepMatch]:
+        """The lines matching ``pattern`` in the files under ``root`` (or in the file
+        ``root``), sorted by path and line, as they are found.
+
+        Binary files (a NUL byte) are skipped; with ``binary``, their matching lines are
+        reported with ``binary=True`` and no text (for ``grep -c``/``-l``). With ``caller``,
+        only files it may read, in directories it may list, are read at all. The lines are
+        matched in worker processes (see :mod:`.matcher`); ``guard`` (default: this
+        searcher's time limit, and the caller's process going away) can stop the query
+        with SearchStopped. Memory stays bounded: large files are matched in pieces of
+        whole lines, and lines are kept only for copies of small contents."""
+        compile_pattern(pattern, opts)  # a bad pattern is a ValueError here, not in a worker
+        guard = guard or self.guard(caller, "grep")
+        view = self.view(caller, root_ino)
         attr = self.meta.getattr(root_ino)
         if attr.is_reg:
             targets: list[tuple[int, str, int | None]] = [(root_ino, root, None)]
             scans_all = False
         else:
             expr = self._narrowing_query(pattern, opts)
-            targets = self._candidates(expr, root_ino, root)
+            targets = self._candidates(expr, root_ino, root, view, guard)
             scans_all = expr is None
-        # when every file gets scanned, a fast RE2 pass first rules out the contents
-        # without any match
-        matching_lines = line_matcher(pattern, opts, prefilter=scans_all)
-        # the lines of each distinct content, matched once: copies and hard links share them
-        found: dict[Any, list[tuple[int, str]]] = {}
-        ahead = _ReadAhead(self.meta, self.blocks, targets) if len(targets) > 1 else None
-        out: list[GrepMatch] = []
+        if view is not None:
+            targets = [t for t in targets if view.can_read(t[0])]
+        targets.sort(key=lambda t: t[1])
+        plan = self._grep_plan(targets, guard)
+        if not plan:
+            return
+        units: deque[_Unit] = deque()
+        ahead = _ReadAhead(self.blocks, [p.loc for p in plan if not p.reuse]) if len(plan) > 1 else None
+        pool = self._matcher_pool()
+        results = pool.match(pattern, opts, self._grep_units(plan, units, ahead, binary, guard), guard,
+                             prefilter=scans_all, max_count=max_count)
+        kept: dict[Any, list[GrepMatch]] = {}
+        done = 0  # plan entries before this one are reported
+        count = 0  # lines reported for the current plan entry
+        for lines in results:
+            unit = units.popleft()
+            # entries between the last one matched and this one reuse earlier lines
+            for i in range(done, unit.plan):
+                yield from self._reused(plan[i], kept)
+            if done < unit.plan:
+                done, count = unit.plan, 0
+            entry = plan[unit.plan]
+            if max_count is not None:
+                lines = lines[: max(0, max_count - count)]
+            count += len(lines)
+            found = [GrepMatch(entry.path, n, "" if unit.binary else paths.decode(text), unit.binary)
+                     for n, text in lines]
+            if entry.keep:
+                kept.setdefault(entry.key, []).extend(found)
+            yield from found
+            if unit.last:
+                done, count = unit.plan + 1, 0
+        for i in range(done, len(plan)):
+            yield from self._reused(plan[i], kept)
+
+    @staticmethod
+    def _reused(entry: _Plan, kept: dict[Any, list[GrepMatch]]) -> Iterator[GrepMatch]:
+        if entry.reuse:
+            for m in kept.get(entry.key, ()):
+                yield GrepMatch(entry.path, m.line_no, m.line, m.binary)
+
+    def _grep_plan(self, targets: list[tuple[int, str, int | None]], guard: QueryGuard) -> list[_Plan]:
+        """What grep reads (each distinct content once where its lines can be kept for
+        the other paths, small contents up to a budget; larger ones are read again)."""
+        plan: list[_Plan] = []
+        first: dict[Any, _Plan] = {}
+        kept_bytes = 0
+        locations: dict[Any, Any] = {}
         for ino, path, doc in targets:
+            guard.check()
             key = _content_key(ino, doc)
-            lines = found.get(key)
-            if lines is None:
-                data = self._read(ino, ahead.next_content() if ahead is not None else None)
-                if data is None or is_binary(data):
-                    lines = []
-                else:
-                    hits = matching_lines(data)
-                    if max_count is not None:
-                        hits = hits[:max_count]
-                    lines = [(n, paths.decode(line)) for n, line in hits]
-                found[key] = lines
-            out.extend(GrepMatch(path, n, text) for n, text in lines)
-        out.sort(key=lambda m: (m.path, m.line_no))
-        return out
+            if key not in locations:
+                locations[key] = self.meta.content_location(ino)
+            loc = locations[key]
+            if loc is None:
+                continue
+            earlier = first.get(key)
+            if earlier is not None and (earlier.keep or (loc[0] <= KEEP_CONTENT_MAX
+                                                          and kept_bytes + loc[0] <= KEEP_TOTAL_MAX)):
+                if not earlier.keep:
+                    earlier.keep = True
+                    kept_bytes += loc[0]
+                plan.append(_Plan(ino, path, key, loc, reuse=True))
+                continue
+            entry = _Plan(ino, path, key, loc)
+            first[key] = entry
+            plan.append(entry)
+        return plan
+
+    def _grep_units(self, plan: list[_Plan], units: deque[_Unit], ahead: _ReadAhead | None,
+                    binary: bool, guard: QueryGuard) -> Iterator[tuple[bytes, int]]:
+        """The pieces of content to match, (bytes, first line number), in plan order; the
+        matching ``_Unit`` of each is appended to ``units`` before it is handed out."""
+        for i, entry in enumerate(plan):
+            if entry.reuse:
+                continue
+            guard.check()
+            if ahead is not None:
+                ahead.advance()
+            pieces = self._content_pieces(entry.ino, entry.loc)
+            try:
+                is_bin, first_piece = next(pieces)
+            except StopIteration:
+                continue
+            except OSError:
+                continue  # unreadable content (a missing blob) is left out, as before
+            if is_bin and not binary:
+                pieces.close()
+                continue
+            line = 1
+            piece = first_piece
+            while piece is not None:
+                try:
+                    nxt = next(pieces)[1]
+                except StopIteration:
+                    nxt = None
+                except OSError:
+                    nxt = None
+                units.append(_Unit(i, nxt is None, is_bin))
+                yield piece, line
+                if nxt is not None:
+                    line += piece.count(b"\n")
+                piece = nxt
+
+    def _content_pieces(self, ino: int, loc: Any) -> Iterator[tuple[bool, bytes]]:
+        """(binary, piece) for the committed content of a file: one piece for a small
+        file; for a large one, pieces of whole lines (about a block each), after one pass
+        that looks for a NUL byte (a hole reads as NULs) so ``binary`` is known first."""
+        size, inline, block_map = loc
+        bs = self.meta.block_size
+        if inline is not None or size <= PIECE_MAX or size <= bs:
+            data = read_committed(self.meta, self.blocks, ino, size, inline, block_map)
+            yield is_binary(data), data
+            return
+        nblocks = (size + bs - 1) // bs
+
+        def block(i: int) -> bytes:  # a hole reads as zeros
+            n = min(bs, size - i * bs)
+            return bytes(memoryview(self.blocks.fetch(block_map[i]))[:n]) if i in block_map else bytes(n)
+
+        binary = any(is_binary(block(i)) for i in range(nblocks))
+        carry = b""
+        for i in range(nblocks):
+            data = block(i)
+            buf = carry + data if carry else data
+            cut = buf.rfind(b"\n") + 1 if i < nblocks - 1 else len(buf)
+            carry = buf[cut:]
+            if cut:
+                yield binary, buf[:cut]
+        if carry:
+            yield binary, carry
+
+    def _matcher_pool(self) -> MatcherPool:
+        with self._pool_lock:
+            if self._matchers is None:
+                self._matchers = MatcherPool()
+            return self._matchers
 
     @staticmethod
     def _narrowing_query(pattern: str, opts: GrepOptions) -> str | None:
@@ -247,30 +466,20 @@ class Searcher:
         body = pattern if opts.fixed else translate_gnu(pattern)
         return fts5_expression(required_query(body, ignore_case=opts.ignore_case, fixed=opts.fixed))
 
-    def _read(self, ino: int, located: Any = None) -> bytes | None:
-        loc = located if located is not None else self.meta.content_location(ino)
-        if loc is None:
-            return None
-        size, inline, block_map = loc
-        try:
-            return read_committed(self.meta, self.blocks, ino, size, inline, block_map)
-        except OSError:
-            return None
-
     def _grep_candidates(self, pattern: str, root_ino: int, root: str,
                          opts: GrepOptions) -> list[tuple[int, str, int | None]]:
         """(inode, path, doc or None) of the files that may match, each path once."""
         return self._candidates(self._narrowing_query(pattern, opts), root_ino, root)
 
-    def _candidates(self, expr: str | None, root_ino: int, root: str) -> list[tuple[int, str, int | None]]:
+    def _candidates(self, expr: str | None, root_ino: int, root: str, view: View | None = None,
+                    guard: QueryGuard | None = None) -> list[tuple[int, str, int | None]]:
         """The files under ``root`` the trigram query ``expr`` selects (None: all of them)."""
+        self.prepare(semantic=False)
         if expr is None:
             # nothing to narrow by: every file, but each distinct content read once
-            self.prepare(semantic=False)
-            files = self.files_under(root_ino, root)
+            files = self.files_under(root_ino, root, view, guard)
             docs = dict(self.index.files_of_docs_for_inodes([i for i, _p in files]))
             return [(i, p, docs.get(i)) for i, p in files]
-        self.prepare(semantic=False)
         # The queue first: a file whose job an indexer finishes meanwhile is then found in
         # the index. (Read after the index, the job could be gone while the index was read
         # before its new entry existed, and the file would be missed.)
@@ -284,7 +493,9 @@ class Searcher:
             cands.setdefault(ino, None)
         out: list[tuple[int, str, int | None]] = []
         for ino, doc in cands.items():
-            for p in self.paths_in_scope(ino, root):
+            if guard is not None:
+                guard.check()
+            for p in self.paths_in_scope(ino, root, view):
                 out.append((ino, p, doc))
         return out
 
@@ -400,6 +611,9 @@ class Searcher:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._matchers is not None:
+            self._matchers.close()
+            self._matchers = None
 
     def _resolve_dir(self, root: str) -> int | None:
         ino = ROOT_INODE

@@ -27,10 +27,10 @@ import trio
 
 from nexusfs.blocks import Buffer, WouldBlock
 from nexusfs.errors import FsError, NexusError
-from nexusfs.types import Attr
+from nexusfs.types import Attr, Caller
 from nexusfs.vfs import VFS
 
-from .search_ops import SEARCH_DIR, Caller, SearchDirs
+from .search_ops import RESULTS_MAX, SEARCH_DIR, SearchDirs
 
 log = logging.getLogger("nexusfs.mount")
 
@@ -83,13 +83,16 @@ class NexusOperations(pyfuse3.Operations):
         negative_timeout: float = 1.0,
         writeback_cache: bool = True,
         searcher: Any = None,
+        search_spill_dir: str | None = None,
+        search_results_max: int = RESULTS_MAX,
     ) -> None:
         super().__init__()
         self.vfs = vfs
         # what a program reads stays in the kernel's page cache: no second copy here
         vfs.drop_behind = True
         #: the virtual .search/ directories (None: searching through the mount is off)
-        self.search = SearchDirs(vfs, searcher) if searcher is not None else None
+        self.search = SearchDirs(vfs, searcher, spill_dir=search_spill_dir,
+                                 results_max=search_results_max) if searcher is not None else None
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.negative_timeout = negative_timeout
@@ -136,7 +139,12 @@ class NexusOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
-        return Caller(ctx.uid, ctx.gid, _groups(ctx) if ctx.uid != 0 else set())
+        return Caller(ctx.uid, ctx.gid, frozenset(_groups(ctx)) if ctx.uid != 0 else frozenset(), ctx.pid)
+
+    def _not_search(self, name: bytes) -> None:
+        """``.search`` itself cannot be removed, renamed or linked away."""
+        if self.search is not None and name == SEARCH_DIR:
+            raise pyfuse3.FUSEError(errno.EROFS)
 
     def _looked_up(self, attr: Attr) -> pyfuse3.EntryAttributes:
         """An entry reply: the kernel now holds one more reference to the inode."""
@@ -268,19 +276,20 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(parent_inode)
+        self._not_search(name)
         self.vfs.unlink(parent_inode, name)
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(parent_inode)
-        if self.search is not None and name == SEARCH_DIR:
-            raise pyfuse3.FUSEError(errno.EROFS)
+        self._not_search(name)
         self.vfs.rmdir(parent_inode, name)
 
     @_translate
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(parent_inode_old, parent_inode_new)
+        self._not_search(name_old)
         self.vfs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     # ------------------------------------------------------------ files
@@ -396,7 +405,7 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if self._virtual(inode):
-            return inode if self.search.attr(inode).is_dir else _fail(errno.ENOTDIR)
+            return await self.search.opendir(inode, self._caller(ctx))
         attr = self.vfs.getattr(inode)
         if not attr.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -474,10 +483,6 @@ class NexusOperations(pyfuse3.Operations):
         if self._virtual(inode):
             return not mode & os.W_OK
         return self.vfs.access(inode, mode, ctx.uid, ctx.gid, _groups(ctx))
-
-
-def _fail(err: int) -> Any:
-    raise pyfuse3.FUSEError(err)
 
 
 def _groups(ctx: pyfuse3.RequestContext) -> set[int]:

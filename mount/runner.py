@@ -118,6 +118,8 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 negative_timeout=opts.negative_timeout,
                 writeback_cache=opts.writeback_cache,
                 searcher=store.searcher if opts.search else None,
+                search_spill_dir=config.home,
+                search_results_max=config.search_results_max,
             )
             _allow_splice()
             _keep_freed_memory()

@@ -9,8 +9,9 @@ searches ``D``'s subtree::
     D/.search/grep-i/REGEX/        the same, ignoring case
     D/.search/semantic/QUERY/      files ranked by meaning
 
-Looking up a name under a kind directory runs that query. The query directory
-lists one symbolic link per matching file (pointing back at the real file, so
+A name under a kind directory is that query's directory; the first look inside it
+(listing it, or looking up ``.results``) runs the query. It lists one symbolic link per
+matching file (pointing back at the real file, so
 editors open and save it) and a ``.results`` file: grep-style
 ``path:line:text`` lines (semantic: ``score path:start-end  snippet``; glob: one
 path per line). A ``/`` inside a query is written ``%2F`` (``%`` itself ``%25``).
@@ -19,13 +20,23 @@ Entry names are the matching path relative to ``D`` with ``%`` written ``%25``,
 ``/`` written ``%2F`` and a leading ``.`` written ``%2E``, so no entry can be
 mistaken for ``.results``. Results only include files the caller may read.
 
-Everything here is read-only; nodes live while the kernel references them.
+A query that fails (an invalid pattern, a time limit, results too large) still has
+its directory: it holds only ``.error``, one line saying why, and listing the
+directory or looking up ``.results`` fails with the error's errno (EINVAL,
+ETIMEDOUT, EFBIG...).
+
+Everything here is read-only; nodes live while the kernel references them, and a
+query's results (in memory while small, else in an unnamed temporary file) are freed
+when their last reader closes them: the next lookup of the query runs it again.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,11 +44,13 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from nexusfs import paths
+from nexusfs.errors import FsError
 from nexusfs.meta.engine import SEARCH_NAME
 from nexusfs.types import Attr
 
 SEARCH_DIR = SEARCH_NAME
 RESULTS = b".results"
+ERROR = b".error"
 KINDS = (b"glob", b"grep", b"grep-i", b"semantic")
 
 #: virtual inode numbers start here (the engine's never get close)
@@ -60,44 +73,111 @@ def encode_entry(rel: str) -> bytes:
 
 
 def decode_query(name: bytes) -> str:
-    """A query as typed in a path: %2F for '/', %25 for '%'."""
-    return paths.decode(unquote_to_bytes(name))
+    """A query as typed in a path: %2F for '/', %25 for '%' (no NUL, which no text line
+    can hold)."""
+    raw = unquote_to_bytes(name)
+    if b"\0" in raw:
+        raise FsError(errno.EINVAL, "a query cannot contain a NUL byte (%00)")
+    return paths.decode(raw)
+
+
+class ResultsFile:
+    """The text of a query's ``.results``: kept in memory while small, then written to an
+    unnamed temporary file in ``spill_dir`` (it disappears when closed), and never more
+    than ``limit`` bytes (FsError EFBIG beyond)."""
+
+    def __init__(self, spill_dir: str | None, limit: int, memory_max: int | None = None) -> None:
+        self.spill_dir = spill_dir
+        self.limit = limit
+        self.memory_max = memory_max if memory_max is not None else min(1 << 20, limit // 4)
+        self.size = 0
+        self._mem: bytearray | None = bytearray()
+        self._file: int | None = None
+        self._hash = hashlib.blake2b(digest_size=8)
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            raise FsError(errno.EFBIG, f"the results exceed {self.limit >> 20} MiB (search_results_max): "
+                                       "search a smaller directory, or use `nexus grep`")
+        self._hash.update(data)
+        if self._mem is not None and self.size + len(data) > self.memory_max:
+            self._spill()
+        if self._mem is not None:
+            self._mem += data
+        else:
+            assert self._file is not None
+            os.pwrite(self._file, data, self.size)
+        self.size += len(data)
+
+    def _spill(self) -> None:
+        # unnamed (O_TMPFILE where the filesystem has it) and private to this process
+        f = tempfile.TemporaryFile(prefix=".search-results-", dir=self.spill_dir, buffering=0)
+        fd = os.dup(f.fileno())
+        f.close()
+        assert self._mem is not None
+        os.pwrite(fd, self._mem, 0)
+        self._file, self._mem = fd, None
+
+    @property
+    def tag(self) -> bytes:
+        """A digest of the content (other results are another inode)."""
+        return self._hash.digest()
+
+    def read(self, offset: int, size: int) -> bytes:
+        size = max(0, min(size, self.size - offset))
+        if self._mem is not None:
+            return bytes(self._mem[offset : offset + size])
+        if self._file is None:
+            raise FsError(errno.ESTALE, "these search results were freed: look the query up again")
+        return os.pread(self._file, size, offset)
+
+    def close(self) -> None:
+        self._mem = None
+        if self._file is not None:
+            os.close(self._file)
+            self._file = None
 
 
 @dataclass
 class Node:
     ino: int
-    kind: str  # 'root', 'kind', 'query', 'link', 'results'
+    kind: str  # 'root', 'kind', 'query', 'link', 'results', 'error'
     scope: int  # the real directory D searched
     scope_path: str  # its path in the store
     search: bytes = b""  # kind name (glob, grep, ...)
     query: str = ""
     target: bytes = b""  # links
-    data: bytes = b""  # .results
+    results: ResultsFile | None = None  # .results
+    message: bytes = b""  # .error
+    #: query dirs of a failed query: (errno, reason)
+    error: tuple[int, str] | None = None
     entries: dict[bytes, int] = field(default_factory=dict)  # query dirs: name -> node
     lookups: int = 0
+    opens: int = 0  # .results: open handles
     made: float = field(default_factory=time.monotonic)
     made_ns: int = field(default_factory=time.time_ns)
     key: tuple = ()
     #: query dirs: the store's state the results were computed in (see SearchDirs.generation)
     generation: tuple = ()
-
-
-@dataclass(frozen=True)
-class Match:
-    rel: str  # path relative to the scope
-    line: str  # its line in .results
+    #: query dirs: whether the query has run (its entries are results, not yet to come)
+    made_for: bool = False
+    #: query dirs: held while the query runs, so concurrent lookups inside wait for it
+    running: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SearchTree:
     """Virtual inodes and what they contain. The caller (the Operations class) runs
-    queries in a worker thread through :meth:`run_query` and owns permission checks."""
+    queries in a worker thread and owns permission checks.
+
+    Lookup counts change under the tree's lock together with the nodes they keep alive:
+    a query run in a worker thread takes its reference before the trio thread can
+    process a FORGET that would otherwise drop the node it is about to return."""
 
     def __init__(self, uid_gid_of: Callable[[int], tuple[int, int]]) -> None:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple, int] = {}
         self._next = VIRTUAL_BASE
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._owner = uid_gid_of
 
     @staticmethod
@@ -129,36 +209,72 @@ class SearchTree:
         return self._node(("kind", parent.scope, name), kind="kind", scope=parent.scope,
                           scope_path=parent.scope_path, search=name)
 
-    def query_dir(self, parent: Node, name: bytes, matches: list[Match], header: str = "",
-                  who: tuple = (), generation: tuple = ()) -> Node:
-        """The directory of one query's results (replacing older results of the same query).
+    def query_node(self, parent: Node, name: bytes, who: tuple = ()) -> Node:
+        """The directory of query ``name`` under kind directory ``parent`` for callers with
+        key ``who`` (results are filtered by permissions, so each caller key has its own),
+        with the kernel's reference taken. Looking it up does not run the query: the
+        kernel holds the kind directory's lock during a lookup, so a slow query there would
+        hold up every other query of that directory; it runs on the first look inside."""
+        with self._lock:
+            node = self._node(("query", parent.scope, parent.search, name, who), kind="query",
+                              scope=parent.scope, scope_path=parent.scope_path, search=parent.search)
+            node.lookups += 1
+            return node
 
-        Results are filtered by permissions, so each caller (``who``) has their own node.
-        """
-        query = decode_query(name)
-        node = self._node(("query", parent.scope, parent.search, name, who), kind="query", scope=parent.scope,
-                          scope_path=parent.scope_path, search=parent.search, query=query)
-        data = (header + "".join(m.line + "\n" for m in matches)).encode("utf-8", "surrogateescape")
-        entries: dict[bytes, int] = {}
-        for m in matches:
-            ename = encode_entry(m.rel)
-            if ename in entries:
-                continue
-            target = b"../../../" + paths.encode(m.rel)
-            link = self._node(("link", node.ino, ename), kind="link", scope=parent.scope,
-                              scope_path=parent.scope_path, target=target)
-            link.target = target
-            entries[ename] = link.ino
-        # Other results are another inode: the kernel keeps a file's size as it first saw it
-        # (with the writeback cache it trusts its own), so one inode must never change size.
-        tag = hashlib.blake2b(data, digest_size=8).digest()
-        res = self._node(("results", node.ino, tag), kind="results", scope=parent.scope,
-                         scope_path=parent.scope_path)
-        res.data = data
-        entries[RESULTS] = res.ino
+    def current(self, node: Node, generation: tuple) -> bool:
+        """Whether a query directory's contents can be used as they are: recent, nothing
+        in the store changed since they were made, and its results not freed."""
+        with self._lock:
+            if not node.made_for or not self.fresh(node, generation):
+                return False
+            if node.error is not None:
+                return True
+            res = self._nodes.get(node.entries.get(RESULTS, 0))
+            return res is not None and res.results is not None
+
+    def fill(self, node: Node, rels: list[str], results: ResultsFile, generation: tuple = ()) -> Node:
+        """Give a query directory its results: a link for each path in ``rels`` (relative to
+        the scope) and ``.results`` (replacing older results)."""
+        with self._lock:
+            entries: dict[bytes, int] = {}
+            for rel in rels:
+                ename = encode_entry(rel)
+                if ename in entries:
+                    continue
+                target = b"../../../" + paths.encode(rel)
+                link = self._node(("link", node.ino, ename), kind="link", scope=node.scope,
+                                  scope_path=node.scope_path, target=target)
+                link.target = target
+                entries[ename] = link.ino
+            # Other results are another inode: the kernel keeps a file's size as it first saw
+            # it (with the writeback cache it trusts its own), so one inode must never change size.
+            res = self._node(("results", node.ino, results.tag, results.size), kind="results",
+                             scope=node.scope, scope_path=node.scope_path)
+            if res.results is not None and res.results is not results:
+                if res.opens:
+                    results.close()  # the same text is open already: keep that copy
+                    results = res.results
+                else:
+                    res.results.close()
+            res.results = results
+            entries[RESULTS] = res.ino
+            return self._set_entries(node, entries, generation, None)
+
+    def fail(self, node: Node, err: int, reason: str, generation: tuple = ()) -> Node:
+        """A query that failed: its directory holds only ``.error`` (the reason, one line)."""
+        with self._lock:
+            message = reason.encode("utf-8", "surrogateescape") + b"\n"
+            enode = self._node(("error", node.ino, message), kind="error", scope=node.scope,
+                               scope_path=node.scope_path, message=message)
+            return self._set_entries(node, {ERROR: enode.ino}, generation, (err, reason))
+
+    def _set_entries(self, node: Node, entries: dict[bytes, int], generation: tuple,
+                     error: tuple[int, str] | None) -> Node:
         old, node.entries = node.entries, entries
+        node.error = error
         node.made = time.monotonic()
         node.made_ns = time.time_ns()
+        node.made_for = True
         node.generation = generation
         self._drop_unused(ino for name, ino in old.items() if entries.get(name) != ino)
         return node
@@ -167,37 +283,63 @@ class SearchTree:
         """A link or .results still named by its query directory's current results (the
         kernel may forget it and look the name up again: it must still be there; it goes
         when the results change or the query directory goes)."""
-        if node.kind not in ("link", "results"):
+        if node.kind not in ("link", "results", "error"):
             return False
         parent = self._nodes.get(node.key[1])
         return parent is not None and parent.entries.get(self._entry_name(node)) == node.ino
 
     @staticmethod
     def _entry_name(node: Node) -> bytes:
-        return RESULTS if node.kind == "results" else node.key[2]
+        return {"results": RESULTS, "error": ERROR}.get(node.kind, node.key[2])
 
     def _drop_unused(self, inos) -> None:
-        """Forget nodes the kernel holds no reference to."""
+        """Forget nodes the kernel holds no reference to (and free results nobody reads)."""
         with self._lock:
             for ino in list(inos):
                 node = self._nodes.get(ino)
                 if node is not None and node.lookups <= 0:
-                    del self._nodes[ino]
-                    if self._by_key.get(node.key) == ino:
-                        del self._by_key[node.key]
+                    self._remove(node)
 
-    def existing_query(self, kind_node: Node, name: bytes, who: tuple = ()) -> Node | None:
-        ino = self._by_key.get(("query", kind_node.scope, kind_node.search, name, who))
-        return self._nodes.get(ino) if ino is not None else None
+    def _remove(self, node: Node) -> None:
+        del self._nodes[node.ino]
+        if self._by_key.get(node.key) == node.ino:
+            del self._by_key[node.key]
+        if node.results is not None and not node.opens:
+            node.results.close()
+            node.results = None
 
     def fresh(self, node: Node, generation: tuple = ()) -> bool:
         """Results can be reused: recent, and nothing in the store changed since."""
         return time.monotonic() - node.made < RESULT_TTL and node.generation == generation
 
+    # ------------------------------------------------------------- .results
+    def opened(self, node: Node) -> ResultsFile:
+        with self._lock:
+            if node.results is None:
+                raise FsError(errno.ESTALE, "these search results were freed: look the query up again")
+            node.opens += 1
+            return node.results
+
+    def closed(self, node: Node) -> None:
+        """A reader closed ``.results``: the last one frees them (the next lookup of the
+        query runs it again)."""
+        with self._lock:
+            node.opens -= 1
+            if node.opens > 0 or node.results is None:
+                return
+            node.results.close()
+            node.results = None
+            if node.ino not in self._nodes:
+                return
+            if node.lookups <= 0 and not self._listed(node):
+                self._remove(node)
+
     def child(self, parent: Node, name: bytes) -> Node | None:
         if parent.kind == "root":
             return self.kind_dir(parent, name)
         if parent.kind == "query":
+            if parent.error is not None and name == RESULTS:
+                raise FsError(*parent.error)
             ino = parent.entries.get(name)
             return self._nodes.get(ino) if ino is not None else None
         return None
@@ -216,7 +358,9 @@ class SearchTree:
         if node.kind == "link":
             mode, size, nlink = stat.S_IFLNK | 0o777, len(node.target), 1
         elif node.kind == "results":
-            mode, size, nlink = stat.S_IFREG | 0o444, len(node.data), 1
+            mode, size, nlink = stat.S_IFREG | 0o444, node.results.size if node.results else 0, 1
+        elif node.kind == "error":
+            mode, size, nlink = stat.S_IFREG | 0o444, len(node.message), 1
         else:
             mode, size, nlink = stat.S_IFDIR | 0o555, 0, 2
         return Attr(ino=node.ino, mode=mode, uid=uid, gid=gid, nlink=nlink, size=size, rdev=0,
@@ -224,7 +368,8 @@ class SearchTree:
 
     # ------------------------------------------------------------- lifetime
     def looked_up(self, node: Node, n: int = 1) -> None:
-        node.lookups += n
+        with self._lock:
+            node.lookups += n
 
     def forget(self, ino: int, n: int) -> None:
         with self._lock:
@@ -234,8 +379,6 @@ class SearchTree:
             node.lookups -= n
             if node.lookups > 0 or self._listed(node):
                 return
-            del self._nodes[ino]
-            if self._by_key.get(node.key) == ino:
-                del self._by_key[node.key]
-        if node.kind == "query":
-            self._drop_unused(node.entries.values())
+            self._remove(node)
+            if node.kind == "query":
+                self._drop_unused(node.entries.values())

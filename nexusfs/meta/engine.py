@@ -878,6 +878,14 @@ class MetadataEngine:
         )
         return [ObjectRef(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
+    def unreferenced_summary(self) -> tuple[int, int, int, int]:
+        """(how many, stored bytes, oldest and newest ``unref_ns``) of the objects no block
+        references: garbage that gc frees once its grace period has passed."""
+        row = self.db.query_one(
+            "SELECT COUNT(*), COALESCE(SUM(stored_size), 0), COALESCE(MIN(unref_ns), 0), "
+            "COALESCE(MAX(unref_ns), 0) FROM objects WHERE refcount = 0")
+        return row if row is not None else (0, 0, 0, 0)
+
     def forget_object(self, oid: int, older_than_ns: int) -> bool:
         """Delete an unreferenced object row; True if it was still garbage (then delete its blob)."""
         with self.db.transaction():

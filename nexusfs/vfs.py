@@ -68,6 +68,9 @@ class OpenInode:
     #: committed inline content (False: not loaded yet)
     inline: bytes | None | bool = False
     modified: bool = False
+    #: where the last write ended (a write starting there, or at the end of the file, is
+    #: sequential: it may upload a block it fills up at once)
+    write_end: int = 0
     #: where the last read started and ended (sequential reads continue at its end)
     last_read_start: int = -1
     last_read_end: int = -1
@@ -543,6 +546,10 @@ class VFS:
                 return 0
             end = offset + n
             first, last = offset // bs, (end - 1) // bs
+            # A sequential writer is done with a block it writes up to its end: upload it
+            # now. Anyone else (a database rewriting pages) may come back to it before the
+            # file is committed, and an early upload would be wasted, an object no file uses.
+            sequential = offset in (oi.write_end, oi.size)
             # Fetch what partial writes need before changing anything, so a
             # WouldBlock leaves the file untouched.
             bases: dict[int, Buffer | None] = {}
@@ -569,8 +576,9 @@ class VFS:
                 origin = None if immutable is None else (immutable, pos)
                 self.dirty.add(blk.write(s, view[pos : pos + e - s], self.pool, self._zeros, origin))
                 pos += e - s
-                if e == bs:  # the block is written up to its end: upload it now
+                if e == bs and (sequential or s == 0):  # written up to its end: upload it now
                     self._stage_dirty(oi, idx)
+            oi.write_end = end
             t = time.time_ns()
             oi.mtime_ns = oi.ctime_ns = t
             oi.modified = True

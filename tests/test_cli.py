@@ -578,6 +578,22 @@ def test_import_errors_are_one_line(nexus, tmp_path):
     assert nexus.error("export", "/nope") == "nexus: error: /nope: No such file or directory"
 
 
+@pytest.mark.parametrize("failure", ["header only", "garbage", "block size without data"])
+def test_a_failed_import_leaves_nothing_behind(nexus, tmp_path, failure):
+    nexus("write", "/f", input=b"x")
+    if failure == "header only":
+        stream = nexus("export", "--with-data").stdout_bytes.splitlines(keepends=True)[0]
+    elif failure == "garbage":
+        stream = b"garbage\n"
+    else:
+        wide = Nexus(str(tmp_path / "wide"))
+        wide("init", "--block-size", "128KiB")
+        wide("write", "/w", input=os.urandom(200_000))
+        stream = wide("export").stdout_bytes
+    nexus.error("import", "--under", "/x/y", input=stream)
+    assert nexus("ls", "/").stdout == "f\n"
+
+
 # ------------------------------------------------------------------ errors
 def test_bad_config_yaml(home, tmp_path):
     cfg = tmp_path / "nexus.yaml"

@@ -2,11 +2,11 @@
 
 Every command works on one store: ``--home DIR`` (default ``$NEXUS_HOME``, else
 ``~/.local/share/nexus``), optionally configured by ``--config nexus.yaml``.
-A store is created by the first command that writes to it (see
+A store is created by the first command that puts something into it (see
 :data:`COMMANDS_THAT_CREATE`), as :func:`nexusfs.connect` and the mount create
-theirs; commands that only read never create anything, so a mistyped ``--home``
-does not leave a store behind: they say there is none. ``nexus init`` creates a
-store with chosen settings.
+theirs; commands that read, or change what is already there, never create
+anything, so a mistyped ``--home`` does not leave a store behind: they say there
+is none. ``nexus init`` creates a store with chosen settings.
 
 Errors are reported as one line, ``nexus: error: <message>``, with exit status 1
 (``grep`` uses 2, like grep). ``NEXUS_DEBUG=1`` shows the traceback instead.

@@ -103,7 +103,8 @@ class LocalBlobStore(BlobStore):
         while True:
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=d)  # 0600 whatever the umask
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not _lock(fd, fcntl.LOCK_EX):
+                    return fd, tmp  # no locks here: gc cannot tell, and leaves temp files alone
                 # gc removes a temporary file nobody holds: this one may have gone between
                 # its creation and the lock (gc unlinks before it lets go); then take another
                 if os.fstat(fd).st_nlink:
@@ -243,7 +244,8 @@ class LocalBlobStore(BlobStore):
             return None
         try:
             try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if remove else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+                if not _lock(fd, (fcntl.LOCK_EX if remove else fcntl.LOCK_SH) | fcntl.LOCK_NB):
+                    return None  # a filesystem without locks: no telling, so not garbage
             except BlockingIOError:
                 return None  # a put is writing it
             st = os.fstat(fd)
@@ -273,6 +275,23 @@ def _address(view: memoryview) -> int:
     if view.readonly or not view.nbytes:
         return -1
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+#: flock() errors of filesystems that have no locks
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _lock(fd: int, how: int) -> bool:
+    """flock(); False where the filesystem has no locks (BlockingIOError goes to the caller)."""
+    try:
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return False
+        raise
+    return True
 
 
 def _write_all(fd: int, view: memoryview) -> None:

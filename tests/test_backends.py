@@ -432,3 +432,19 @@ def test_root_gives_what_it_creates_to_the_owner_of_the_blob_directory(tmp_path)
     for d, _dirs, files in os.walk(root):
         for p in [d] + [os.path.join(d, f) for f in files]:
             assert (os.stat(p).st_uid, os.stat(p).st_gid) == (65534, 65534), p
+
+
+def test_a_filesystem_without_locks_still_stores_blobs_and_keeps_its_temp_files(blobs, monkeypatch):
+    import backends.local as local
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(local.fcntl, "flock", no_locks)
+    blobs.put(KEY, b"stored anyway")
+    assert blobs.get(KEY) == b"stored anyway"
+    leftover = os.path.join(blobs.root, "01", "23", ".tmp-unknown")
+    open(leftover, "wb").close()
+    assert list(blobs.stale_temporary()) == []  # no telling whether a put is writing it
+    assert blobs.remove_stale_temporary() == (0, 0)
+    assert os.path.exists(leftover)

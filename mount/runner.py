@@ -106,6 +106,8 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
 
     path = check_mountpoint(mountpoint, nonempty=opts.nonempty)
     store = Store.open(config, create=True)
+    if store.created:
+        log.info("created a new store in %s", config.home)
     try:
         with store.exclusive(f"mounted at {path}"):
             orphans = _purge_orphans(store)

@@ -192,17 +192,17 @@ class Store:
         return st.st_uid, st.st_gid
 
     def private_paths(self) -> Iterator[tuple[str, os.stat_result]]:
-        """(path, lstat) of every file and directory that belongs to the store on this
-        machine: its top level, and everything below a local blob directory."""
+        """(path, status) of every file and directory that belongs to the store on this
+        machine: its top level (symlinks followed: the store directory may be one), and
+        everything below a local blob directory."""
         for path in _top_level_paths(self.config):
             try:
-                yield path, os.lstat(path)
+                yield path, os.stat(path)
             except FileNotFoundError:
                 continue
         if isinstance(self.blobs, LocalBlobStore):
-            for path, st in private.walk(os.path.realpath(self.blobs.root)):
-                if path != os.path.realpath(self.blobs.root):
-                    yield path, st
+            root = os.path.realpath(self.blobs.root)
+            yield from ((path, st) for path, st in private.walk(root) if path != root)
 
 
 def _check_dirty_limit(config: Config, block_size: int) -> None:
@@ -302,7 +302,7 @@ def _top_level_paths(config: Config) -> list[str]:
         out += [db] + [db + suffix for suffix in DB_COMPANIONS]
     out += [os.path.join(config.home, name) for name in ("mount.lock", "mount.log")]
     if config.blobs.startswith("file://") or "://" not in config.blobs:
-        out.append(config.blobs.removeprefix("file://"))
+        out.append(os.path.realpath(config.blobs.removeprefix("file://")))
     return out
 
 

@@ -353,20 +353,6 @@ def test_permission_changes_take_effect(mdir):
     assert nobody(open_then_revoke, cwd=mdir) == (b"SECRET", errno.EACCES)
 
 
-@pytest.fixture
-def local_dir():
-    """A directory on the local disk that nobody can reach, to compare the mount with."""
-    import shutil
-    import tempfile
-
-    d = tempfile.mkdtemp(prefix="nexus-local-", dir="/tmp")
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def _ftruncate(name: str) -> None:
     fd = os.open(name, os.O_WRONLY)
     try:
@@ -387,13 +373,13 @@ _CHANGES = {
 @pytest.mark.parametrize("change", list(_CHANGES))
 @pytest.mark.parametrize("member", [False, True], ids=["not-in-group", "in-group"])
 def test_setuid_and_setgid_after_a_change_by_another_user_are_those_of_the_local_disk(
-        mdir, local_dir, mode, change, member):
+        mdir, public_tmp, mode, change, member):
     """Linux, without CAP_FSETID: a write or truncate always clears setuid; it clears setgid
     if group execute is set, or if the writer is not in the file's group."""
     name = f"f{mode:o}-{change}"
     got = {}
-    for d in (local_dir, mdir):
+    for d in (public_tmp, mdir):  # the local disk, then the mount
         make_file(os.path.join(d, name), mode)  # root's, group root
         as_user(_CHANGES[change], name, groups=[0] if member else [], cwd=d)
         got[d] = mode_of(os.path.join(d, name))
-    assert oct(got[mdir]) == oct(got[local_dir])
+    assert oct(got[mdir]) == oct(got[public_tmp])

@@ -9,11 +9,9 @@ have its own umask and user; switching users needs root.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
@@ -64,17 +62,6 @@ def loose_paths(top: str, owner: int | None = None) -> list[str]:
             if stat.S_IMODE(st.st_mode) != want or (owner is not None and st.st_uid != owner):
                 found.append(f"{os.path.relpath(p, top)} {stat.S_IMODE(st.st_mode):04o} uid {st.st_uid}")
     return found
-
-
-@pytest.fixture
-def shared_tmp():
-    """A directory every user can reach (pytest's own temporary directories are 0700)."""
-    d = tempfile.mkdtemp(prefix="nexus-privacy-", dir="/tmp")
-    os.chmod(d, 0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 WRITE_EVERYTHING = textwrap.dedent("""
@@ -171,8 +158,8 @@ def test_fsck_cli_names_the_modes_check(tmp_path):
 
 # ------------------------------------------------------------------ other users
 @needs_root
-def test_another_user_gets_one_sentence_and_no_content(shared_tmp):
-    home = os.path.join(shared_tmp, "store")
+def test_another_user_gets_one_sentence_and_no_content(public_tmp):
+    home = os.path.join(public_tmp, "store")
     with nexusfs.connect(home, semantic=False) as nx:
         nx.write_bytes("/root-only.txt", SECRET)
         nx.chmod("/root-only.txt", 0o600)
@@ -211,12 +198,12 @@ def test_a_store_behind_a_closed_directory_says_permission_denied(tmp_path):
 
 
 @needs_root
-def test_an_ordinary_users_default_store_works_and_root_does_not_lock_them_out(shared_tmp, tmp_path):
-    user_home = os.path.join(shared_tmp, "home-of-nobody")
+def test_an_ordinary_users_default_store_works_and_root_does_not_lock_them_out(public_tmp, tmp_path):
+    user_home = os.path.join(public_tmp, "home-of-nobody")
     os.mkdir(user_home)
     os.chown(user_home, NOBODY, NOBODY)
     env = {"HOME": user_home, "NEXUS_HOME": "", "XDG_DATA_HOME": ""}
-    note = os.path.join(shared_tmp, "note.txt")
+    note = os.path.join(public_tmp, "note.txt")
     with open(note, "wb") as f:
         f.write(b"a note by nobody\n")
     os.chmod(note, 0o644)
@@ -240,8 +227,8 @@ def test_an_ordinary_users_default_store_works_and_root_does_not_lock_them_out(s
 
 
 @needs_root
-def test_root_may_open_another_users_store(shared_tmp):
-    home = os.path.join(shared_tmp, "store")
+def test_root_may_open_another_users_store(public_tmp):
+    home = os.path.join(public_tmp, "store")
     os.mkdir(home, 0o700)
     os.chown(home, NOBODY, NOBODY)
     with nexusfs.connect(home) as nx:  # root creates the store inside nobody's directory

@@ -34,7 +34,7 @@ import click
 
 from . import __version__, paths
 from .config import parse_duration
-from .errors import FsError, NexusError, StoreError
+from .errors import FsError, NexusError
 
 PLUGIN_GROUP = "nexusfs.commands"
 CHUNK = 1 << 20
@@ -335,17 +335,12 @@ def init(block_size: str | None, inline_max: str | None, compression: str | None
     """Create a store (does nothing if one with these settings exists)."""
     wanted = {"block_size": block_size, "inline_max": inline_max, "compression": compression}
     wanted = {k: v for k, v in wanted.items() if v is not None}
-    try:
-        nx = open_store(create=False)
-    except StoreError as exc:
-        if not exc.message.startswith("no nexusfs store at "):
-            raise
-        nx = open_store(create=True, **wanted)
-        info = nx.info()
+    nx = open_store(create=True, **wanted)  # the settings are used only to create one
+    info = nx.info()
+    if nx.store.created:
         out(f"created a nexusfs store in {info.home} (block size {human(info.block_size)}, "
             f"inline max {human(info.inline_max)}, compression {info.compression})")
         return
-    info = nx.info()
     differ = _settings_that_differ(info, wanted)
     if differ:
         _fail(f"a store already exists in {info.home} with other settings: {', '.join(differ)}; "

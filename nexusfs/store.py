@@ -254,7 +254,7 @@ def prepare_home(config: Config, *, create: bool) -> os.stat_result:
         raise StoreError(f"cannot open the store at {home}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"cannot use {home} as the store directory{_home_origin(home)}: "
-                         "it is a file") from None
+                         "it is a file")
     euid = os.geteuid()
     if euid != 0 and st.st_uid != euid:
         raise StoreError(f"the store at {home} belongs to {_user_name(st.st_uid)}; "

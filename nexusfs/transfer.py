@@ -428,11 +428,11 @@ class Importer:
 
     def _take_back(self) -> None:
         for parent, name in reversed(self.added):
-            attr = self.meta.lookup_inode(parent, name)
-            if attr is None:
-                continue
-            if stat.S_ISDIR(self.meta.getattr(attr).mode):
-                self.nx._delete_tree(attr)  # noqa: SLF001 - the API's own tree removal
+            child = self.meta.lookup_inode(parent, name)
+            if child is None:
+                continue  # its batch was rolled back
+            if stat.S_ISDIR(self.meta.getattr(child).mode):
+                self.nx._delete_tree(child)  # noqa: SLF001 - the API's own tree removal
                 self.vfs.rmdir(parent, name)
             else:
                 self.vfs.unlink(parent, name)
@@ -536,7 +536,8 @@ class Importer:
             self._flush()
 
     def finish(self) -> ImportStats:
-        """Check the stream was complete and apply what is left (or take it all back)."""
+        """Apply what is left and check the stream was complete; on any failure, take the
+        whole import back."""
         try:
             if self.header is None:
                 raise ValueError("the stream is empty (no nexusfs-export header)")

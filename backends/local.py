@@ -3,7 +3,12 @@
 Layout: ``ROOT/ab/cd/KEY`` where ``abcd`` are the first four characters of the
 key, so that millions of blobs spread over 65,536 directories. Writes go to a
 temporary file in the same directory, are fsync'd, then renamed over the final
-name, so a reader or a crash sees either the whole blob or none of it.
+name, so a reader or a crash sees either the whole blob or none of it. The writer
+holds an ``flock`` on its temporary file until it is renamed: a temporary file
+nobody holds was left by a process that died mid-put, and garbage collection
+removes it at once (:meth:`LocalBlobStore.remove_stale_temporary`).
+
+Every directory and file is private to the store's owner (see :mod:`backends.private`).
 
 Large blobs are written with ``O_DIRECT`` where the filesystem allows it: the data
 goes from an aligned per-thread buffer straight to the device instead of through
@@ -24,6 +29,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
+from . import private
 from .base import BlobInfo, BlobNotFound, BlobStore, BlobStoreError, check_key
 
 _TMP_PREFIX = ".tmp-"
@@ -40,7 +46,12 @@ class LocalBlobStore(BlobStore):
         self.url = "file://" + self.root
         self.fsync = fsync
         try:
-            os.makedirs(self.root, exist_ok=True)
+            if not os.path.isdir(self.root):
+                parent = os.path.dirname(self.root)
+                os.makedirs(parent, exist_ok=True)
+                private.make_dir(self.root, private.owner_for(parent))
+            #: who gets what root creates here (None: whoever creates it)
+            self._owner = private.owner_for(self.root)
         except OSError as exc:
             raise BlobStoreError(f"cannot create blob directory {self.root}: {exc.strerror}") from exc
         self._made_dirs: set[str] = set()
@@ -61,18 +72,18 @@ class LocalBlobStore(BlobStore):
         check_key(key)
         d = self._dir(key)
         if d not in self._made_dirs:
-            os.makedirs(d, exist_ok=True)
+            private.make_dirs(d, self.root, self._owner)
             self._made_dirs.add(d)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=d)
+        fd, tmp = self._temporary(d)
         try:
             try:
                 if not (self.direct is not False and len(data) >= DIRECT_MIN and self._write_direct(fd, data)):
                     _write_all(fd, memoryview(data))
                 if self.fsync:
                     os.fsync(fd)
+                os.rename(tmp, os.path.join(d, key))  # still locked: gc keeps its hands off
             finally:
                 os.close(fd)
-            os.rename(tmp, os.path.join(d, key))
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -86,6 +97,24 @@ class LocalBlobStore(BlobStore):
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+
+    def _temporary(self, d: str) -> tuple[int, str]:
+        """A new temporary file in ``d`` (0600, the owner's), locked for this put: (fd, path)."""
+        while True:
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=d)  # 0600 whatever the umask
+            try:
+                if not _lock(fd, fcntl.LOCK_EX):
+                    return fd, tmp  # no locks here: gc cannot tell, and leaves temp files alone
+                # gc removes a temporary file nobody holds: this one may have gone between
+                # its creation and the lock (gc unlinks before it lets go); then take another
+                if os.fstat(fd).st_nlink:
+                    if self._owner is not None:
+                        os.fchown(fd, *self._owner)
+                    return fd, tmp
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
 
     def _write_direct(self, fd: int, data: bytes | bytearray | memoryview) -> bool:
         """Write ``data`` to the empty file ``fd`` bypassing the page cache. A page-aligned
@@ -179,13 +208,57 @@ class LocalBlobStore(BlobStore):
                         yield BlobInfo(name, st.st_size, st.st_mtime)
 
     def list_temporary(self) -> Iterator[str]:
-        """Paths of temporary files left by interrupted puts (for fsck/gc)."""
+        """Paths of every temporary file: of puts under way, and left by interrupted ones."""
         for top in _sorted_dirs(self.root):
             for sub in _sorted_dirs(os.path.join(self.root, top)):
                 d = os.path.join(self.root, top, sub)
                 for name in os.listdir(d):
                     if name.startswith(_TMP_PREFIX):
                         yield os.path.join(d, name)
+
+    def stale_temporary(self) -> Iterator[tuple[str, int]]:
+        """(path, size) of each temporary file no put is writing: left by a process that
+        died in the middle of one. Garbage (for fsck to mention and gc to remove)."""
+        for path in self.list_temporary():
+            size = self._if_stale(path, remove=False)
+            if size is not None:
+                yield path, size
+
+    def remove_stale_temporary(self) -> tuple[int, int]:
+        """Delete the temporary files of interrupted puts; returns (files, bytes)."""
+        files = nbytes = 0
+        for path in self.list_temporary():
+            size = self._if_stale(path, remove=True)
+            if size is not None:
+                files += 1
+                nbytes += size
+        return files, nbytes
+
+    @staticmethod
+    def _if_stale(path: str, remove: bool) -> int | None:
+        """The size of temporary file ``path`` if no put holds its lock (and with
+        ``remove``, delete it under the lock, so no put can take it up); else None."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (FileNotFoundError, PermissionError):
+            return None
+        try:
+            try:
+                if not _lock(fd, (fcntl.LOCK_EX if remove else fcntl.LOCK_SH) | fcntl.LOCK_NB):
+                    return None  # a filesystem without locks: no telling, so not garbage
+            except BlockingIOError:
+                return None  # a put is writing it
+            st = os.fstat(fd)
+            try:
+                if os.lstat(path).st_ino != st.st_ino:
+                    return None
+                if remove:
+                    os.unlink(path)
+            except FileNotFoundError:
+                return None  # renamed into place by its put a moment ago
+            return st.st_size
+        finally:
+            os.close(fd)
 
     def capacity(self) -> tuple[int, int] | None:
         try:
@@ -202,6 +275,23 @@ def _address(view: memoryview) -> int:
     if view.readonly or not view.nbytes:
         return -1
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+#: flock() errors of filesystems that have no locks
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _lock(fd: int, how: int) -> bool:
+    """flock(); False where the filesystem has no locks (BlockingIOError goes to the caller)."""
+    try:
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return False
+        raise
+    return True
 
 
 def _write_all(fd: int, view: memoryview) -> None:

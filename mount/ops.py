@@ -28,7 +28,7 @@ import trio
 from nexusfs.blocks import Buffer, WouldBlock
 from nexusfs.errors import FsError, NexusError
 from nexusfs.types import Attr, Caller
-from nexusfs.vfs import VFS
+from nexusfs.vfs import VFS, Writer
 
 from .search_ops import RESULTS_MAX, SEARCH_DIR, SearchDirs
 
@@ -231,7 +231,8 @@ class NexusOperations(pyfuse3.Operations):
         if fields.update_ctime:
             kwargs["ctime_ns"] = attr.st_ctime_ns
         if fields.update_size:
-            result = await _in_thread(self.vfs.setattr, inode, size=attr.st_size, **kwargs)
+            result = await _in_thread(self.vfs.setattr, inode, size=attr.st_size, writer=self._writer(ctx),
+                                      **kwargs)
             self._cached_version[inode] = self.vfs.data_version(inode)
         else:
             result = self.vfs.setattr(inode, **kwargs)
@@ -309,16 +310,14 @@ class NexusOperations(pyfuse3.Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags
 
-    def _kill_suid_sgid(self, ino: int) -> None:
-        """Clear setuid, and setgid with group execute, as a truncation by an unprivileged
-        user must. For open(O_TRUNC) the kernel leaves this to us: with atomic_o_trunc
-        it drops the mode change it would otherwise send along with the truncation."""
-        mode = self.vfs.getattr(ino).mode
-        new = mode & ~stat.S_ISUID
-        if mode & (stat.S_ISGID | stat.S_IXGRP) == stat.S_ISGID | stat.S_IXGRP:
-            new &= ~stat.S_ISGID
-        if new != mode:
-            self.vfs.setattr(ino, mode=stat.S_IMODE(new))
+    @staticmethod
+    def _writer(ctx: pyfuse3.RequestContext) -> Writer:
+        """The process behind a request that changes a file's content. The kernel clears
+        setuid, and setgid with group execute, before such a change, but not setgid
+        without group execute when the writer is not in the file's group, nor anything
+        for open(O_TRUNC) (with atomic_o_trunc it leaves that to us): the VFS applies
+        Linux's whole rule (groups are looked up only when a file has setgid)."""
+        return Writer(ctx.uid, ctx.gid, lambda: _groups(ctx))
 
     def _file_info(self, ino: int, fh: int) -> pyfuse3.FileInfo:
         version = self.vfs.data_version(ino)
@@ -332,12 +331,11 @@ class NexusOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self.search.open(inode, flags), keep_cache=False)
         reading = flags & os.O_ACCMODE != os.O_WRONLY  # (for atime: before _open_flags)
         flags = self._open_flags(flags)
+        writer = self._writer(ctx)
         if flags & os.O_TRUNC:
-            if ctx.uid != 0:
-                self._kill_suid_sgid(inode)
-            fh = await _in_thread(self.vfs.open, inode, flags, update_atime=reading)
+            fh = await _in_thread(self.vfs.open, inode, flags, update_atime=reading, writer=writer)
         else:
-            fh = self.vfs.open(inode, flags, update_atime=reading)
+            fh = self.vfs.open(inode, flags, update_atime=reading, writer=writer)
         return self._file_info(inode, fh)
 
     @_translate
@@ -346,7 +344,8 @@ class NexusOperations(pyfuse3.Operations):
         self._read_only(parent_inode)
         mode = self._new_mode(parent_inode, mode, ctx)
         attr = self.vfs.create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
-        fh = self.vfs.open(attr.ino, self._open_flags(flags) & ~os.O_TRUNC, update_atime=False, attr=attr)
+        fh = self.vfs.open(attr.ino, self._open_flags(flags) & ~os.O_TRUNC, update_atime=False, attr=attr,
+                           writer=self._writer(ctx))
         entry = self._looked_up(attr)
         return self._file_info(attr.ino, fh), entry
 

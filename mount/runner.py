@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from backends import private
 from nexusfs.config import Config
 from nexusfs.errors import NexusError
-from nexusfs.store import Store
+from nexusfs.store import Store, prepare_home
 
 log = logging.getLogger("nexusfs.mount")
 
@@ -105,6 +106,8 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
 
     path = check_mountpoint(mountpoint, nonempty=opts.nonempty)
     store = Store.open(config, create=True)
+    if store.created:
+        log.info("created a new store in %s", config.home)
     try:
         with store.exclusive(f"mounted at {path}"):
             orphans = _purge_orphans(store)
@@ -327,10 +330,11 @@ def mount_in_background(config: Config, mountpoint: str, child_args: list[str], 
     if problem:
         raise MountError(problem)
     path = check_mountpoint(mountpoint)
-    os.makedirs(config.home, exist_ok=True)
+    prepare_home(config, create=True)  # the log goes there: a clear sentence if it cannot
     log_path = os.path.join(config.home, "mount.log")
+    log_fd = private.open_file(log_path, os.O_WRONLY | os.O_APPEND, private.owner_for(config.home))
     r, w = os.pipe()
-    with open(log_path, "ab") as logf:
+    with os.fdopen(log_fd, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mount", *child_args, "--ready-fd", str(w)],
             stdin=subprocess.DEVNULL,

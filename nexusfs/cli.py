@@ -2,7 +2,11 @@
 
 Every command works on one store: ``--home DIR`` (default ``$NEXUS_HOME``, else
 ``~/.local/share/nexus``), optionally configured by ``--config nexus.yaml``.
-``nexus init`` creates a store; every other command refuses a missing one.
+A store is created by the first command that puts something into it (see
+:data:`COMMANDS_THAT_CREATE`), as :func:`nexusfs.connect` and the mount create
+theirs; commands that read, or change what is already there, never create
+anything, so a mistyped ``--home`` does not leave a store behind: they say there
+is none. ``nexus init`` creates a store with chosen settings.
 
 Errors are reported as one line, ``nexus: error: <message>``, with exit status 1
 (``grep`` uses 2, like grep). ``NEXUS_DEBUG=1`` shows the traceback instead.
@@ -30,10 +34,12 @@ import click
 
 from . import __version__, paths
 from .config import parse_duration
-from .errors import FsError, NexusError, StoreError
+from .errors import FsError, NexusError
 
 PLUGIN_GROUP = "nexusfs.commands"
 CHUNK = 1 << 20
+#: the commands that create the store on first use: those that put something into it
+COMMANDS_THAT_CREATE = frozenset({"init", "put", "write", "mkdir", "import"})
 
 
 # ------------------------------------------------------------------ state
@@ -72,15 +78,21 @@ def _state(ctx: click.Context | None = None) -> State:
     return root.obj
 
 
-def open_store(ctx: click.Context | None = None, *, create: bool = False, **settings: Any) -> Any:
-    """The store named by the global options (opened once per command; closed when it ends)."""
+def open_store(ctx: click.Context | None = None, *, create: bool | None = None, **settings: Any) -> Any:
+    """The store named by the global options (opened once per command; closed when it ends).
+    ``create``: make it if there is none (default: for :data:`COMMANDS_THAT_CREATE`)."""
     import nexusfs
 
     st = _state(ctx)
     if st.nx is None:
+        command = (ctx or click.get_current_context()).info_name
+        if create is None:
+            create = command in COMMANDS_THAT_CREATE
         # a command is short-lived: it leaves queued index work to the mount (or `nexus index`)
         settings.setdefault("background_indexing", False)
         st.nx = nexusfs.connect(st.home, config_file=st.config_file, create=create, **settings)
+        if st.nx.store.created and command != "init":
+            click.echo(f"nexus: note: created a new store in {st.nx.config.home}", err=True)
     return st.nx
 
 
@@ -274,13 +286,25 @@ def _mtime(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 
 
+def _when_s(ns: int) -> str:
+    """A moment to the second, rounded up (gc may run from then on)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(-(-ns // 10**9)))
+
+
+def _duration(seconds: float) -> str:
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{seconds / n:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 def _when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 10**9)) + f".{ns % 10**9:09d}"
 
 
 # -------------------------------------------------------------------- root
 @click.group("nexus", cls=NexusGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", metavar="DIR", type=click.Path(file_okay=False),
+@click.option("--home", metavar="DIR", type=click.Path(),
               help="Store directory (default: $NEXUS_HOME, else ~/.local/share/nexus).")
 @click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
               envvar="NEXUS_CONFIG", help="Configuration file (nexus.yaml).")
@@ -308,19 +332,35 @@ def main(argv: list[str] | None = None) -> None:
 @click.option("--inline-max", metavar="SIZE", help="Files up to this size live in the metadata (default 8KiB).")
 @click.option("--compression", type=click.Choice(["zstd", "none"]), help="Block compression (default zstd).")
 def init(block_size: str | None, inline_max: str | None, compression: str | None) -> None:
-    """Create a store (does nothing if one exists)."""
-    try:
-        nx = open_store(create=False)
-    except StoreError:
-        settings = {"block_size": block_size, "inline_max": inline_max, "compression": compression}
-        nx = open_store(create=True, **{k: v for k, v in settings.items() if v is not None})
-        info = nx.info()
+    """Create a store (does nothing if one with these settings exists)."""
+    wanted = {"block_size": block_size, "inline_max": inline_max, "compression": compression}
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    nx = open_store(create=True, **wanted)  # the settings are used only to create one
+    info = nx.info()
+    if nx.store.created:
         out(f"created a nexusfs store in {info.home} (block size {human(info.block_size)}, "
             f"inline max {human(info.inline_max)}, compression {info.compression})")
         return
-    info = nx.info()
+    differ = _settings_that_differ(info, wanted)
+    if differ:
+        _fail(f"a store already exists in {info.home} with other settings: {', '.join(differ)}; "
+              "they are fixed when a store is created (nothing changed)")
     out(f"a nexusfs store already exists in {info.home} (block size {human(info.block_size)}); "
         "nothing changed")
+
+
+def _settings_that_differ(info: Any, wanted: dict[str, str]) -> list[str]:
+    """'block size 4.0 MiB (not 1.0 MiB)' for each setting asked of init that the store has not."""
+    from .config import parse_size
+
+    have = {"block_size": info.block_size, "inline_max": info.inline_max, "compression": info.compression}
+    differ = []
+    for name, raw in wanted.items():
+        want = raw if name == "compression" else parse_size(raw, "--" + name.replace("_", "-"))
+        if want != have[name]:
+            shown = (have[name], want) if name == "compression" else (human(have[name]), human(want))
+            differ.append(f"{name.replace('_', ' ')} {shown[0]} (not {shown[1]})")
+    return differ
 
 
 # -------------------------------------------------------------------- info
@@ -903,6 +943,9 @@ def fsck(ctx: click.Context, repair: bool, verify_data: bool) -> None:
         if report.unrepaired and not repair:
             verdict += " (run `nexus fsck --repair`)"
     out(f"checked {checked}{' (blob contents verified)' if verify_data else ''}: {verdict}")
+    if report.garbage:
+        out("garbage for `nexus gc` (no damage): " + ", ".join(
+            f"{n} {kind} ({human(size)})" for kind, (n, size) in report.garbage.items()))
     if report.exit_code:
         ctx.exit(report.exit_code)
 
@@ -918,6 +961,11 @@ def gc(grace: str | None) -> None:
         report = nx.gc(grace=seconds, progress=_phase_progress(bar))
     out(f"freed {human(report.bytes_freed)}: {report.objects_deleted} objects, "
         f"{report.orphan_blobs_deleted} orphan blobs, {report.temp_files_deleted} temporary files")
+    if report.waiting_objects:
+        first, last = _when_s(report.waiting_from_ns), _when_s(report.waiting_until_ns)
+        out(f"{human(report.waiting_bytes)} in {report.waiting_objects} unreferenced objects is waiting "
+            f"for the grace period ({_duration(report.grace)}): gc can free it from {first} on"
+            + (f" (all of it from {last})" if last != first else ""))
     if report.errors:
         _fail(f"{report.errors} blob(s) could not be deleted (they will be retried by the next gc)")
 

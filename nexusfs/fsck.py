@@ -7,10 +7,13 @@ refcounts, refcounts before blobs). Without ``repair`` nothing is changed.
 
 from __future__ import annotations
 
+import os
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from backends import private
 
 from .errors import StoreError
 from .meta.engine import ObjectRef, now_ns, parse_blob_key
@@ -38,6 +41,11 @@ class Problem:
 class FsckReport:
     problems: list[Problem] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    #: what ``nexus gc`` will collect, by kind: (how many, bytes). Garbage is no damage:
+    #: deleted or replaced content waiting for the grace period, uploads no file
+    #: references (replaced before the file was committed, or cut short by a crash),
+    #: temporary files of uploads a crash interrupted
+    garbage: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -75,6 +83,8 @@ class Fsck:
     def run(self, *, repair: bool = False, verify_data: bool = True) -> FsckReport:
         self.repair = repair
         self.store.vfs.sync()
+        self._tick("check_modes", 0)
+        self.check_modes()
         checks = [
             self.check_root,
             self.check_dentries,
@@ -87,7 +97,7 @@ class Fsck:
             self.check_blocks,
             self.check_inline,
             self.check_refcounts,
-            self.check_pending_objects,
+            self.check_unreferenced_objects,
         ]
         for check in checks:
             self._tick(check.__name__, 0)
@@ -99,6 +109,27 @@ class Fsck:
         self.check_blobs(verify_data)
         self.check_orphan_blobs()
         return self.report
+
+    # ---------------------------------------------------------------- modes
+    def check_modes(self) -> None:
+        """Every file and directory of the store is its owner's alone (0700 / 0600 at most):
+        the database holds small files and the text of indexed ones, the blobs the rest."""
+        uid, gid = self.store.owner()
+        may_chown = os.geteuid() == 0
+        n = 0
+        for path, st in self.store.private_paths():
+            n += 1
+            why = private.exposure(st, uid)
+            if why is None:
+                continue
+            fixable = may_chown or st.st_uid == uid
+            if self.repair and fixable:
+                private.make_private(path, st, uid, gid)
+            rel = os.path.relpath(path, self.store.config.home)
+            name = "the store directory" if rel == "." else rel if not rel.startswith("..") else path
+            hint = "" if fixable else " (only root can give it back: run `nexus fsck --repair` as root)"
+            self._problem("modes", f"{name} {why}{hint}", fixable)
+        self.report.checked["private files"] = n
 
     # ---------------------------------------------------------------- names
     def check_root(self) -> None:
@@ -319,11 +350,14 @@ class Fsck:
                     self.db.execute("UPDATE objects SET state = ? WHERE id = ?", (OBJECT_LIVE, oid))
                 self._problem("refcounts", f"object {oid} is referenced but not marked live", True)
 
-    def check_pending_objects(self) -> None:
-        """Pending objects with no reference are left by interrupted writes: gc collects them."""
-        n = self.db.query_value(
-            "SELECT COUNT(*) FROM objects WHERE state = ? AND refcount = 0", (OBJECT_PENDING,), 0)
-        self.report.checked["interrupted uploads"] = n
+    def check_unreferenced_objects(self) -> None:
+        """Objects no block references are garbage, not damage: content of deleted or
+        replaced files waiting for gc's grace period, and uploads no file came to
+        reference (a block replaced before its file was committed; a crash before the
+        commit). gc collects them."""
+        n, size, _oldest, _newest = self.meta.unreferenced_summary()
+        if n:
+            self.report.garbage["unreferenced objects"] = (n, size)
 
     def check_blobs(self, verify_data: bool) -> None:
         """Every object's blob exists, has its recorded size and (verify_data) hashes right."""
@@ -388,7 +422,8 @@ class Fsck:
         return out
 
     def check_orphan_blobs(self) -> None:
-        """Blobs that no object names (an interrupted gc); temporary files of interrupted uploads."""
+        """Blobs that no object names (an interrupted gc). Temporary files of uploads a crash
+        interrupted are counted as garbage (gc removes them)."""
         keys: list[tuple[str, int]] = []
         orphans: list[str] = []
 
@@ -413,12 +448,7 @@ class Fsck:
             if self.repair:
                 self.blobs.delete(key)
             self._problem("orphan-blobs", f"blob {key} belongs to no object", True)
-        import os
-
-        for path in self.store.blob_temp_files():
-            if self.repair:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            self._problem("orphan-blobs", f"temporary file of an interrupted upload: {path}", True)
+        stale = self.store.stale_temp_files()
+        if stale:
+            self.report.garbage["temporary files of interrupted uploads"] = (
+                len(stale), sum(size for _p, size in stale))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from collections.abc import Callable
@@ -67,17 +66,28 @@ def store_info(store: Store) -> StoreInfo:
 @dataclass
 class GcReport:
     objects_deleted: int = 0
+    #: stored bytes of the objects, orphan blobs and temporary files deleted
     bytes_freed: int = 0
     orphan_blobs_deleted: int = 0
     temp_files_deleted: int = 0
     errors: int = 0
+    #: the grace period used (seconds)
+    grace: float = 0.0
+    #: unreferenced objects kept because they are younger than the grace period
+    waiting_objects: int = 0
+    waiting_bytes: int = 0
+    #: when gc may free the first and the last of them (ns since the epoch; 0: none wait)
+    waiting_from_ns: int = 0
+    waiting_until_ns: int = 0
 
 
 def collect_garbage(
     store: Store, *, grace: float, scan_blobs: bool = True, progress: Progress | None = None
 ) -> GcReport:
-    """Delete objects unreferenced for longer than ``grace`` seconds, then blobs no object names."""
-    report = GcReport()
+    """Delete objects unreferenced for longer than ``grace`` seconds, then blobs no object
+    names (as old), and temporary files of interrupted uploads (any age: no put holds them).
+    The report also says what is left waiting for the grace period, and until when."""
+    report = GcReport(grace=grace)
     meta, blobs = store.meta, store.blobs
     cutoff = time.time_ns() - int(grace * 1e9)
     while True:
@@ -102,14 +112,15 @@ def collect_garbage(
                 progress("objects", report.objects_deleted, None)
     if scan_blobs:
         cutoff_s = time.time() - grace
-        batch_keys: list[tuple[str, int]] = []
+        batch_keys: list[tuple[str, int, int]] = []
 
         def flush() -> None:
-            known = meta.object_ids([oid for _k, oid in batch_keys])
-            for key, oid in batch_keys:
+            known = meta.object_ids([oid for _k, oid, _n in batch_keys])
+            for key, oid, size in batch_keys:
                 if oid not in known:
                     if blobs.delete(key):
                         report.orphan_blobs_deleted += 1
+                        report.bytes_freed += size
             batch_keys.clear()
 
         seen = 0
@@ -120,15 +131,16 @@ def collect_garbage(
             parsed = parse_blob_key(info.key)
             if parsed is None or info.mtime > cutoff_s:
                 continue
-            batch_keys.append((info.key, parsed[1]))
+            batch_keys.append((info.key, parsed[1], info.size))
             if len(batch_keys) >= 500:
                 flush()
         flush()
-        for path in store.blob_temp_files():
-            try:
-                if os.stat(path).st_mtime < cutoff_s:
-                    os.unlink(path)
-                    report.temp_files_deleted += 1
-            except FileNotFoundError:
-                pass
+        files, size = store.remove_stale_temp_files()
+        report.temp_files_deleted += files
+        report.bytes_freed += size
+    n, size, oldest, newest = meta.unreferenced_summary()
+    if n:
+        report.waiting_objects, report.waiting_bytes = n, size
+        report.waiting_from_ns = oldest + int(grace * 1e9)
+        report.waiting_until_ns = newest + int(grace * 1e9)
     return report

@@ -64,9 +64,15 @@ that does not see it reports the stream as cut short.
 Import restores modes, owners (by default only when running as root, like
 ``tar``; otherwise files belong to the importing user and lose setuid/setgid),
 atime/mtime, xattrs, symlinks, hard links and special files. An existing
-directory is merged into; an existing non-directory name is an error. An import
-that fails half way keeps what it had imported (objects staged for the rest are
-collected by ``nexus gc``).
+directory is merged into; an existing non-directory name is an error.
+
+An import is all or nothing. It is applied in batches (one transaction each, so
+a long import does not hold the database for its whole length), and one that
+fails (a stream cut short or damaged, a name that exists, Ctrl-C) is taken back:
+the names it added go, directories it merged into (and the one it imports under,
+if it made it) get their attributes back, objects it registered for a migration
+are forgotten; uploaded blocks are garbage for ``nexus gc``. Only a crash of the
+importing process can leave part of an import behind.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ import base64
 import binascii
 import errno
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -94,6 +101,8 @@ from .types import Attr
 
 FORMAT = "nexusfs-export"
 VERSION = 1
+
+log = logging.getLogger("nexusfs.transfer")
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -347,11 +356,14 @@ class Importer:
         self.blobs = nx.store.blobs
         self.same_owner = os.geteuid() == 0 if same_owner is None else same_owner
         self.stats = ImportStats()
-        nx.mkdir(under, parents=True, exist_ok=True)
-        base = nx.stat(under)
-        if not base.is_dir:
-            raise fs_error(errno.ENOTDIR, paths.normalize(under))
-        self.base = base.ino
+        # what to take back if the import fails: names added to directories that were there
+        # before (parent, name), those directories' attributes before it changed them, the
+        # directories it made (what it puts in them goes with them), objects it registered
+        self.added: list[tuple[int, bytes]] = []
+        self.saved_dirs: dict[int, tuple[Attr, dict[bytes, bytes]]] = {}
+        self.made_dirs: set[int] = set()
+        self.registered: set[int] = set()
+        self.base = self._make_base(under)
         self.header: dict[str, Any] | None = None
         self.ended = False
         self.line = 0
@@ -371,6 +383,73 @@ class Importer:
         self._spool: IO[bytes] | None = None
         self._spooled: dict[int, tuple[int, int]] = {}
         self.reblock = False
+
+    def _make_base(self, under: paths.PathLike) -> int:
+        """The directory to import into, made with its missing parents if need be."""
+        try:
+            base = self.nx.stat(under)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            prefix = "/"
+            for name in paths.split(under):  # the first missing one: taken back on failure
+                path = paths.join(prefix, name)
+                if not self.nx.exists(path):
+                    self._adding(self.nx.stat(prefix).ino, name)
+                    break
+                prefix = path
+            self.nx.mkdir(under, parents=True, exist_ok=True)
+            base = self.nx.stat(under)
+            self.made_dirs.add(base.ino)
+        if not base.is_dir:
+            raise fs_error(errno.ENOTDIR, paths.normalize(under))
+        return base.ino
+
+    # -- taking it back -------------------------------------------------------
+    def _adding(self, parent: int, name: bytes) -> None:
+        """About to add ``name`` to directory ``parent``."""
+        if parent not in self.made_dirs:
+            self._changing(parent)
+            self.added.append((parent, name))
+
+    def _changing(self, ino: int) -> None:
+        """About to change the attributes (or entries) of directory ``ino``."""
+        if ino not in self.made_dirs and ino not in self.saved_dirs:
+            self.saved_dirs[ino] = (self.meta.getattr(ino), self.meta.xattrs(ino))
+
+    def abort(self) -> None:
+        """Take back everything this import did (see the module docstring), then let go."""
+        self.close()
+        try:
+            with self.db.transaction():
+                self._take_back()
+        except Exception:  # noqa: BLE001 - the error that made the import fail is the one to raise
+            log.exception("a failed import could not be taken back completely")
+
+    def _take_back(self) -> None:
+        for parent, name in reversed(self.added):
+            child = self.meta.lookup_inode(parent, name)
+            if child is None:
+                continue  # its batch was rolled back
+            if stat.S_ISDIR(self.meta.getattr(child).mode):
+                self.nx._delete_tree(child)  # noqa: SLF001 - the API's own tree removal
+                self.vfs.rmdir(parent, name)
+            else:
+                self.vfs.unlink(parent, name)
+        for ino, (attr, xattrs) in self.saved_dirs.items():
+            now = self.meta.xattrs(ino)
+            for name in now.keys() - xattrs.keys():
+                self.meta.removexattr(ino, name)
+            for name, value in xattrs.items():
+                if now.get(name) != value:
+                    self.meta.setxattr(ino, name, value)
+            self.meta.setattr(ino, mode=stat.S_IMODE(attr.mode), uid=attr.uid, gid=attr.gid,
+                              atime_ns=attr.atime_ns, mtime_ns=attr.mtime_ns, ctime_ns=attr.ctime_ns)
+        if self.registered:
+            self.db.query_in("DELETE FROM objects WHERE refcount = 0 AND id IN ({ids})", self.registered)
+        self.added.clear()
+        self.saved_dirs.clear()
+        self.registered.clear()
 
     # -- intake ---------------------------------------------------------------
     def add(self, rec: Any, line: int | None = None) -> None:
@@ -457,23 +536,25 @@ class Importer:
             self._flush()
 
     def finish(self) -> ImportStats:
-        """Apply what is left; check the stream was complete."""
+        """Apply what is left and check the stream was complete; on any failure, take the
+        whole import back."""
         try:
             if self.header is None:
                 raise ValueError("the stream is empty (no nexusfs-export header)")
             self._flush()
+            if not self.ended:
+                raise ValueError("the stream ended before its end record: the export is incomplete "
+                                 "(nothing was imported)")
             if self.dir_times:
                 with self.db.transaction():
                     for ino, at, mt in self.dir_times:
                         self.meta.setattr(ino, atime_ns=at, mtime_ns=mt)
                 self.dir_times.clear()
-            if not self.ended:
-                raise ValueError(
-                    f"the stream ended before its end record: the export is incomplete "
-                    f"({self.stats.entries} entries imported)")
-            return self.stats
-        finally:
-            self.close()
+        except BaseException:
+            self.abort()
+            raise
+        self.close()
+        return self.stats
 
     def close(self) -> None:
         for fut in self._staging.values():
@@ -544,7 +625,9 @@ class Importer:
                 ino = self.meta.lookup(self._parent(tcomps), tcomps[-1]).ino if tcomps else self.base
             if not comps:
                 raise ValueError(f"line {self.line}: a link cannot replace the import directory")
-            self.meta.link(ino, self._parent(comps), comps[-1])
+            parent = self._parent(comps)
+            self._adding(parent, comps[-1])
+            self.meta.link(ino, parent, comps[-1])
             self.stats.links += 1
             return
         mode, uid, gid = self._owner(rec)
@@ -555,7 +638,9 @@ class Importer:
                 parent = self._parent(comps)
                 existing = self.meta.lookup_inode(parent, comps[-1])
                 if existing is None:
+                    self._adding(parent, comps[-1])
                     attr = self.meta.create(parent, comps[-1], fmt | mode, uid, gid)
+                    self.made_dirs.add(attr.ino)
                 else:
                     attr = self.meta.getattr(existing)
                     if not attr.is_dir:
@@ -563,6 +648,7 @@ class Importer:
                 ino = attr.ino
             else:
                 ino = self.base
+            self._changing(ino)
             self.meta.setattr(ino, mode=mode, uid=uid, gid=gid)
             self._xattrs(ino, rec)
             self.dirs[rel] = ino
@@ -576,6 +662,7 @@ class Importer:
             raise fs_error(errno.EEXIST, f"cannot import {shown}")
         target = _get_bytes(rec, "target") if kind == "symlink" else None
         rdev = int(rec.get("rdev", 0)) if kind in ("char", "block") else 0
+        self._adding(parent, comps[-1])
         attr = self.meta.create(parent, comps[-1], fmt | mode, uid, gid, rdev=rdev, target=target,
                                 times_ns=(at, mt, now_ns()))
         ino = attr.ino
@@ -655,6 +742,7 @@ class Importer:
                 "VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
                 (oid, h, size, stored_size, codec, OBJECT_PENDING, now_ns()),
             )
+            self.registered.add(oid)
         self.adopted.add(oid)
 
     def _write_content(self, ino: int, rec: dict[str, Any]) -> None:
@@ -716,7 +804,7 @@ def import_records(nx: Any, records: Iterable[Any], under: paths.PathLike = "/",
         for rec in records:
             imp.add(rec)
     except BaseException:
-        imp.close()
+        imp.abort()
         raise
     return imp.finish()
 
@@ -730,7 +818,7 @@ def import_stream(nx: Any, stream: IO[bytes], under: paths.PathLike = "/", *,
         for n, rec in read_records(stream, imp.stats, progress, total):
             imp.add(rec, n)
     except BaseException:
-        imp.close()
+        imp.abort()
         raise
     return imp.finish()
 

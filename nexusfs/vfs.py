@@ -24,8 +24,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -34,7 +36,7 @@ from backends import BlobStore
 from .blocks import BlockLayer, Buffer, WouldBlock
 from .dirty import BufferPool, DirtyBlock, DirtyBuffer
 from .errors import FsError, NexusError, fs_error
-from .meta.engine import MetadataEngine, ObjectRef
+from .meta.engine import MetadataEngine, ObjectRef, bits_a_change_clears
 from .types import Attr, Caller, DirEntry, StatFs, TimeNow
 
 log = logging.getLogger("nexusfs.vfs")
@@ -42,7 +44,28 @@ log = logging.getLogger("nexusfs.vfs")
 MAX_FILE_SIZE = 1 << 62
 _DAY_NS = 86400 * 10**9
 
-__all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE"]
+__all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE", "Writer"]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Who changes a file's content (the mount passes the process behind a request), for
+    Linux's rule on the setuid and setgid bits (:func:`bits_a_change_clears`). Without one
+    (the Python API, which writes as the store's owner) the bits stay as they are."""
+
+    uid: int
+    gid: int
+    #: supplementary groups, looked up only when the rule needs them
+    groups: Callable[[], Collection[int]]
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups()
+
+    def bits_cleared(self, attr: Attr) -> int:
+        """What a write or truncate by this writer clears of ``attr``'s mode (root: nothing)."""
+        if self.uid == 0:
+            return 0
+        return bits_a_change_clears(attr.mode, lambda: self.in_group(attr.gid))
 
 
 @dataclass(eq=False)
@@ -68,6 +91,9 @@ class OpenInode:
     #: committed inline content (False: not loaded yet)
     inline: bytes | None | bool = False
     modified: bool = False
+    #: where the last write ended (a write starting there, or at the end of the file, is
+    #: sequential: it may upload a block it fills up at once)
+    write_end: int = 0
     #: where the last read started and ended (sequential reads continue at its end)
     last_read_start: int = -1
     last_read_end: int = -1
@@ -80,6 +106,8 @@ class Handle:
     readable: bool
     writable: bool
     append: bool
+    #: setuid/setgid bits the first write through this handle clears (see Writer)
+    clear_on_write: int = 0
 
 
 class VFS:
@@ -201,7 +229,10 @@ class VFS:
         atime_ns: int | TimeNow | None = None,
         mtime_ns: int | TimeNow | None = None,
         ctime_ns: int | None = None,
+        writer: Writer | None = None,
     ) -> Attr:
+        """chmod / chown / utimens / truncate; a truncate by ``writer`` clears setuid and
+        setgid bits as Linux does."""
         if size is not None:
             self.truncate(ino, size)
         if any(v is not None for v in (mode, uid, gid, atime_ns, mtime_ns, ctime_ns)) or size is None:
@@ -213,7 +244,15 @@ class VFS:
                 with oi.lock:
                     oi.mtime_ns = attr.mtime_ns
                     oi.ctime_ns = attr.ctime_ns
+        if size is not None and writer is not None:
+            self._clear_mode_bits(ino, writer.bits_cleared(self.meta.getattr(ino)))
         return self.getattr(ino)
+
+    def _clear_mode_bits(self, ino: int, bits: int) -> None:
+        """Take ``bits`` (setuid, setgid) out of ``ino``'s mode, if they are set."""
+        mode = self.meta.getattr(ino).mode
+        if mode & bits:
+            self.setattr(ino, mode=stat.S_IMODE(mode & ~bits))
 
     # ------------------------------------------------------------ namespace
     def create_node(
@@ -270,8 +309,10 @@ class VFS:
         )
 
     # ------------------------------------------------------------ open files
-    def open(self, ino: int, flags: int, *, update_atime: bool = True, attr: Attr | None = None) -> int:
-        """Open a regular file; return a handle number. ``attr``: its attributes, if just read."""
+    def open(self, ino: int, flags: int, *, update_atime: bool = True, attr: Attr | None = None,
+             writer: Writer | None = None) -> int:
+        """Open a regular file; return a handle number. ``attr``: its attributes, if just read;
+        ``writer``: who opens it, if its writes are to clear setuid/setgid bits (see Writer)."""
         self.last_use = time.monotonic()
         if attr is None:
             attr = self.meta.getattr(ino)
@@ -298,8 +339,12 @@ class VFS:
             h = Handle(fh, oi, readable, writable, bool(flags & os.O_APPEND))
             self._handles[fh] = h
         try:
+            if writer is not None and (writable or flags & os.O_TRUNC):
+                h.clear_on_write = writer.bits_cleared(attr)
             # Linux truncates on O_TRUNC whatever the access mode (the caller checked
             # write permission); the open file's size counts writes not yet committed
+            if flags & os.O_TRUNC:
+                self._clear_on_write(h)  # a truncation, whatever the size was
             if flags & os.O_TRUNC and (attr.size or oi.size):
                 self.truncate(ino, 0)
             elif update_atime and readable:
@@ -319,6 +364,12 @@ class VFS:
         oi.committed = None
         oi.inline = False
         oi.keep_blocks = None
+
+    def _clear_on_write(self, h: Handle) -> None:
+        """The first change through a handle clears what its writer's changes clear."""
+        if h.clear_on_write:
+            bits, h.clear_on_write = h.clear_on_write, 0
+            self._clear_mode_bits(h.oi.ino, bits)
 
     def data_version(self, ino: int) -> int:
         oi = self._open.get(ino)
@@ -515,6 +566,7 @@ class VFS:
         h = self._handle(fh)
         if not h.writable:
             raise fs_error(errno.EBADF, "file is not open for writing")
+        self._clear_on_write(h)
         n = len(data)
         if not wait and not self.dirty.has_room(n):
             raise WouldBlock
@@ -531,6 +583,10 @@ class VFS:
                 return 0
             end = offset + n
             first, last = offset // bs, (end - 1) // bs
+            # A sequential writer is done with a block it writes up to its end: upload it
+            # now. Anyone else (a database rewriting pages) may come back to it before the
+            # file is committed, and an early upload would be wasted, an object no file uses.
+            sequential = offset in (oi.write_end, oi.size)
             # Fetch what partial writes need before changing anything, so a
             # WouldBlock leaves the file untouched.
             bases: dict[int, Buffer | None] = {}
@@ -557,8 +613,9 @@ class VFS:
                 origin = None if immutable is None else (immutable, pos)
                 self.dirty.add(blk.write(s, view[pos : pos + e - s], self.pool, self._zeros, origin))
                 pos += e - s
-                if e == bs:  # the block is written up to its end: upload it now
+                if e == bs and (sequential or s == 0):  # written up to its end: upload it now
                     self._stage_dirty(oi, idx)
+            oi.write_end = end
             t = time.time_ns()
             oi.mtime_ns = oi.ctime_ns = t
             oi.modified = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -15,6 +17,18 @@ def _isolated_home(tmp_path, monkeypatch):
     """No test may touch the real ~/.local/share/nexus."""
     monkeypatch.setenv("NEXUS_HOME", str(tmp_path / "default-home"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def public_tmp():
+    """A temporary directory every user can reach (pytest's own are 0700), for tests that
+    act as another user."""
+    d = tempfile.mkdtemp(prefix="nexus-public-", dir="/tmp")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import stat
 import threading
 
 import pytest
@@ -392,3 +393,58 @@ def test_retry_of_a_successful_call_runs_it_once():
     calls = []
     assert retry(lambda: calls.append(1) or "x") == "x"
     assert calls == [1]
+
+
+# ------------------------------------------------------------ privacy
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_directories_blobs_and_temp_files_are_private_whatever_the_umask(tmp_path, monkeypatch, umask):
+    import backends.local as local
+
+    seen = []
+    real_rename = os.rename
+
+    def rename(src, dst):  # the temporary file, just before it becomes the blob
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(local.os, "rename", rename)
+    old = os.umask(umask)
+    try:
+        s = LocalBlobStore(str(tmp_path / "new" / "blobs"), fsync=False)
+        s.put(KEY, b"private")
+        s.put("abcd0000-2", os.urandom(DIRECT_MIN + 5))
+    finally:
+        os.umask(old)
+    assert seen == [0o600, 0o600]
+    modes = {os.path.relpath(d, s.root): stat.S_IMODE(os.stat(d).st_mode) for d, _s, _f in os.walk(s.root)}
+    assert modes == {".": 0o700, "01": 0o700, "01/23": 0o700, "ab": 0o700, "ab/cd": 0o700}
+    for f in _files_under(s.root):
+        assert stat.S_IMODE(os.stat(os.path.join(s.root, f)).st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+def test_root_gives_what_it_creates_to_the_owner_of_the_blob_directory(tmp_path):
+    root = tmp_path / "blobs"
+    root.mkdir(mode=0o700)
+    os.chown(root, 65534, 65534)
+    s = LocalBlobStore(str(root), fsync=False)
+    s.put(KEY, b"for nobody")
+    for d, _dirs, files in os.walk(root):
+        for p in [d] + [os.path.join(d, f) for f in files]:
+            assert (os.stat(p).st_uid, os.stat(p).st_gid) == (65534, 65534), p
+
+
+def test_a_filesystem_without_locks_still_stores_blobs_and_keeps_its_temp_files(blobs, monkeypatch):
+    import backends.local as local
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(local.fcntl, "flock", no_locks)
+    blobs.put(KEY, b"stored anyway")
+    assert blobs.get(KEY) == b"stored anyway"
+    leftover = os.path.join(blobs.root, "01", "23", ".tmp-unknown")
+    open(leftover, "wb").close()
+    assert list(blobs.stale_temporary()) == []  # no telling whether a put is writing it
+    assert blobs.remove_stale_temporary() == (0, 0)
+    assert os.path.exists(leftover)

@@ -81,6 +81,37 @@ def test_indexes_anyway_under_work_that_never_pauses(store, monkeypatch):
         ix.stop()
 
 
+def claimed_jobs(nx: nexusfs.Nexus) -> int:
+    """Jobs some indexer holds a lease on now."""
+    return nx.meta.db.query_value("SELECT COUNT(*) FROM index_jobs WHERE claimed_until_ns > ?",
+                                  (time.time_ns(),), 0)
+
+
+def test_stopping_gives_back_the_claims_it_did_not_work_through(store, monkeypatch):
+    store.write_many({f"/d/f{i}.txt": f"file {i}\n".encode() for i in range(5)})
+    inside, go_on = threading.Event(), threading.Event()
+    real_index_file = indexer_mod.Indexer.index_file
+
+    def index_file(self, ino):  # the first file takes long: stop() comes in the middle of it
+        inside.set()
+        go_on.wait(30)
+        return real_index_file(self, ino)
+
+    monkeypatch.setattr(indexer_mod.Indexer, "index_file", index_file)
+    clock = Clock()
+    clock.busy = False
+    ix = start_indexer(store, clock)
+    assert inside.wait(30)
+    assert claimed_jobs(store) == 5  # one batch holds them all
+    stopper = threading.Thread(target=ix.stop)
+    stopper.start()
+    assert wait_until(ix._stop.is_set)
+    go_on.set()
+    stopper.join(60)
+    assert store.index_status().pending == 4  # the one under way was finished
+    assert claimed_jobs(store) == 0  # the others are free for the next indexer at once
+
+
 def test_foreground_reindex_never_waits(store):
     clock = Clock()  # busy forever
     st = store.store

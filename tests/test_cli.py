@@ -88,12 +88,24 @@ def test_init_creates_once(home):
     out = run("init", "--block-size", "128KiB", "--inline-max", "2KiB", "--compression", "none").stdout
     assert f"created a nexusfs store in {home}" in out
     assert "block size 128.0 KiB" in out
-    again = run("init", "--block-size", "1MiB").stdout
-    assert "already exists" in again and "nothing changed" in again
+    for same in ([], ["--block-size", "128KiB"], ["--compression", "none", "--inline-max", "2048"]):
+        again = run("init", *same).stdout
+        assert "already exists" in again and "nothing changed" in again
     with connect(home) as nx:
         assert nx.meta.block_size == 128 * 1024
         assert nx.meta.inline_max == 2048
         assert nx.meta.settings["compression"] == "none"
+
+
+def test_init_with_other_options_on_an_existing_store_says_which_differ(home):
+    run = Nexus(home)
+    run("init", "--block-size", "128KiB", "--compression", "none")
+    line = run.error("init", "--block-size", "1MiB", "--compression", "zstd", "--inline-max", "8KiB")
+    assert line == (f"nexus: error: a store already exists in {home} with other settings: "
+                    "block size 128.0 KiB (not 1.0 MiB), compression none (not zstd); "
+                    "they are fixed when a store is created (nothing changed)")
+    with connect(home) as nx:
+        assert nx.meta.block_size == 128 * 1024
 
 
 def test_init_uses_nexus_home_by_default(tmp_path, monkeypatch):
@@ -110,18 +122,65 @@ def test_init_rejects_bad_settings(home):
     assert "twelve" in Nexus(home).error("init", "--block-size", "twelve")
 
 
+MISSING = ("no nexusfs store at {} (commands that write to a store create it: "
+           "`nexus init`, put, write, mkdir, import, mount)")
+
+
 @pytest.mark.parametrize("args", [
-    ["info"], ["ls"], ["cat", "/x"], ["stat", "/"], ["fsck"], ["gc"], ["export"], ["import"],
-    ["put", "/etc/hostname", "/x"], ["write", "/x"], ["rm", "/x"], ["mkdir", "/x"], ["glob", "*"],
+    ["info"], ["ls"], ["cat", "/x"], ["stat", "/"], ["fsck"], ["gc"], ["export"], ["rm", "/x"],
+    ["mv", "/x", "/y"], ["cp", "/x", "/y"], ["get", "/x", "-"], ["glob", "*"], ["search", "x"],
+    ["index", "--status"],
 ])
-def test_commands_refuse_a_missing_store(home, args):
+def test_commands_that_only_read_refuse_a_missing_store_and_create_nothing(home, args):
     line = Nexus(home).error(*args, input=b"")
-    assert line == f"nexus: error: no nexusfs store at {home} (run `nexus init` first)"
+    assert line == "nexus: error: " + MISSING.format(home)
     assert not os.path.exists(home)
 
 
 def test_grep_on_missing_store_exits_2(home):
-    assert "no nexusfs store" in Nexus(home).error("grep", "x", code=2)
+    assert Nexus(home).error("grep", "x", code=2) == "nexus: error: " + MISSING.format(home)
+    assert not os.path.exists(home)
+
+
+@pytest.mark.parametrize("args, stdin", [
+    (["put", "/etc/hostname", "/x"], None), (["write", "/x"], b"data"), (["mkdir", "/x"], None),
+    (["import"], "export"),
+])
+def test_commands_that_write_create_the_store_and_say_so(home, tmp_path, args, stdin):
+    if stdin == "export":
+        source = Nexus(str(tmp_path / "source"))
+        source("mkdir", "/from-source")
+        stdin = source("export").stdout_bytes
+    res = Nexus(home)(*args, input=stdin)
+    assert res.stderr == f"nexus: note: created a new store in {home}\n"
+    assert os.path.exists(os.path.join(home, "meta.db"))
+    res = Nexus(home)("write", "/again", input=b"x")
+    assert res.stderr == ""  # only the first use creates
+
+
+def test_put_into_the_default_store_just_works(tmp_path, monkeypatch):
+    monkeypatch.delenv("NEXUS_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    run = Nexus("unused")
+    local = tmp_path / "hello.txt"
+    local.write_bytes(b"hello\n")
+    run("put", str(local), "/hello.txt", home=False)
+    assert run("cat", "/hello.txt", home=False).stdout == "hello\n"
+    assert os.path.exists(tmp_path / "xdg" / "nexus" / "meta.db")
+
+
+@pytest.mark.parametrize("args", [["init"], ["ls"], ["put", "/etc/hostname", "/x"], ["info"]])
+def test_nexus_home_naming_a_file_is_one_sentence(tmp_path, monkeypatch, args):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    monkeypatch.setenv("NEXUS_HOME", str(a_file))
+    line = Nexus("unused").error(*args, home=False)
+    assert line == (f"nexus: error: cannot use {a_file} as the store directory (set by NEXUS_HOME): "
+                    "it is a file")
+    monkeypatch.delenv("NEXUS_HOME")
+    assert Nexus(str(a_file)).error(*args) == (
+        f"nexus: error: cannot use {a_file} as the store directory: it is a file")
+    assert a_file.read_text() == "x"
 
 
 # ----------------------------------------------------------------- info
@@ -434,15 +493,34 @@ def test_fsck_clean_then_broken_then_repaired(nexus, home):
     assert "no problems" in nexus("fsck").stdout
 
 
+def test_a_leftover_temp_file_is_garbage_for_fsck_and_gone_after_gc(nexus, home):
+    # what a kill -9 in the middle of a blob write leaves behind
+    nexus("write", "/data", input=os.urandom(2 * BS))
+    tmp = os.path.join(os.path.dirname(_blob_files(home)[0]), ".tmp-killed")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, b"x" * 3000)
+    os.close(fd)
+    out = nexus("fsck").stdout.splitlines()  # exit 0: no damage
+    assert out[-2].endswith(": no problems")
+    assert out[-1] == ("garbage for `nexus gc` (no damage): "
+                       "1 temporary files of interrupted uploads (2.9 KiB)")
+    assert nexus("gc").stdout == "freed 2.9 KiB: 0 objects, 0 orphan blobs, 1 temporary files\n"
+    assert not os.path.exists(tmp)
+    assert nexus("fsck").stdout.splitlines()[-1].endswith(": no problems")
+
+
 def test_gc_frees_unreferenced_blobs(nexus, home):
     nexus("write", "/a", input=os.urandom(3 * BS))
     nexus("write", "/keep", input=os.urandom(BS))
     nexus("rm", "/a")
-    kept = nexus("gc").stdout  # default grace (1h): nothing is old enough
-    assert kept.startswith("freed 0 B: 0 objects")
+    kept = nexus("gc").stdout.splitlines()  # default grace (1h): nothing is old enough
+    assert kept[0] == "freed 0 B: 0 objects, 0 orphan blobs, 0 temporary files"
+    assert re.fullmatch(r"192\.0 KiB in 3 unreferenced objects is waiting for the grace period \(1h\): "
+                        r"gc can free it from \d\d\d\d-\d\d-\d\d \d\d:\d\d(:\d\d)? on", kept[1]), kept
+    assert len(kept) == 2
     assert len(_blob_files(home)) == 4
     out = nexus("gc", "--grace", "0s").stdout
-    assert re.match(r"freed 192\.0 KiB: 3 objects, 0 orphan blobs, 0 temporary files", out)
+    assert out == "freed 192.0 KiB: 3 objects, 0 orphan blobs, 0 temporary files\n"
     assert len(_blob_files(home)) == 1
     assert "cannot read 'soon' as a duration" in nexus.error("gc", "--grace", "soon")
 
@@ -498,6 +576,22 @@ def test_import_errors_are_one_line(nexus, tmp_path):
     missing = str(tmp_path / "nope.jsonl")
     assert nexus.error("import", missing) == f"nexus: error: {missing}: No such file or directory"
     assert nexus.error("export", "/nope") == "nexus: error: /nope: No such file or directory"
+
+
+@pytest.mark.parametrize("failure", ["header only", "garbage", "block size without data"])
+def test_a_failed_import_leaves_nothing_behind(nexus, tmp_path, failure):
+    nexus("write", "/f", input=b"x")
+    if failure == "header only":
+        stream = nexus("export", "--with-data").stdout_bytes.splitlines(keepends=True)[0]
+    elif failure == "garbage":
+        stream = b"garbage\n"
+    else:
+        wide = Nexus(str(tmp_path / "wide"))
+        wide("init", "--block-size", "128KiB")
+        wide("write", "/w", input=os.urandom(200_000))
+        stream = wide("export").stdout_bytes
+    nexus.error("import", "--under", "/x/y", input=stream)
+    assert nexus("ls", "/").stdout == "f\n"
 
 
 # ------------------------------------------------------------------ errors
@@ -593,7 +687,7 @@ def test_console_script_end_to_end(tmp_path):
 
     missing = run("ls")
     assert missing.returncode == 1
-    assert missing.stderr.decode().strip() == f"nexus: error: no nexusfs store at {home} (run `nexus init` first)"
+    assert missing.stderr.decode().strip() == "nexus: error: " + MISSING.format(home)
     assert run("init").returncode == 0
     assert run("write", "/hello", input=b"hi there\n").returncode == 0
     assert run("cat", "/hello").stdout == b"hi there\n"

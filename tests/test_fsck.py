@@ -6,6 +6,7 @@ metadata rows (portable SQL through the store's database) or the blob files.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import time
@@ -380,15 +381,61 @@ def test_blob_with_a_foreign_key_is_an_orphan(nx):
     detect_and_repair(nx, "orphan-blobs")
 
 
-def test_leftover_temp_file_is_detected_and_deleted(nx):
+def leftover_temp_file(nx) -> str:
+    """A temporary file like the one a put killed between write and rename leaves."""
     nx.write_bytes("/f", pattern(BS, 15))
     key = object_keys_of(nx, "/f")[0]
     tmp = os.path.join(os.path.dirname(blob_path(nx, key)), ".tmp-interrupted")
-    with open(tmp, "wb") as f:
-        f.write(b"half an upload")
-    found = detect_and_repair(nx, "orphan-blobs")
-    assert "temporary" in found.problems[0].message
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.write(fd, b"half an upload")
+    os.close(fd)
+    return tmp
+
+
+def test_a_leftover_temp_file_is_garbage_that_gc_removes_at_once(nx):
+    tmp = leftover_temp_file(nx)
+    report = fsck(nx)
+    assert report.clean and report.exit_code == 0, [str(p) for p in report.problems]
+    assert report.garbage == {"temporary files of interrupted uploads": (1, 14)}
+    assert fsck(nx, repair=True).exit_code == 0
+    assert os.path.exists(tmp)  # garbage is gc's to remove, not fsck's
+    gc = nx.gc()  # the default grace period (1h) is for objects: no put holds this file
+    assert (gc.temp_files_deleted, gc.bytes_freed) == (1, 14)
     assert not os.path.exists(tmp)
+    assert fsck(nx).garbage == {}
+
+
+def test_gc_leaves_the_temp_file_of_an_upload_under_way(nx):
+    tmp = leftover_temp_file(nx)
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the put writing it does, until it renames it
+    try:
+        assert nx.gc(grace=0).temp_files_deleted == 0
+        assert os.path.exists(tmp)
+        assert fsck(nx).garbage == {}  # an upload under way is no garbage
+    finally:
+        os.close(fd)
+    assert nx.gc().temp_files_deleted == 1
+
+
+def test_a_put_whose_temp_file_gc_took_takes_another(nx, monkeypatch):
+    import backends.local as local
+
+    real_flock = local.fcntl.flock
+    raced = []
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_EX and not raced:  # gc runs between mkstemp and the put's lock
+            raced.append(nx.store.remove_stale_temp_files())
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(local.fcntl, "flock", flock)
+    nx.write_bytes("/raced", pattern(2 * BS, 17))
+    assert raced == [(1, 0)]  # gc removed the put's first, still empty, temporary file
+    monkeypatch.undo()
+    assert nx.read_bytes("/raced") == pattern(2 * BS, 17)
+    assert nx.store.blob_temp_files() == []
+    assert_clean(nx)
 
 
 def test_several_problems_are_reported_by_their_own_checks(nx):
@@ -453,21 +500,18 @@ def test_gc_never_deletes_referenced_objects(nx):
     assert_clean(nx)
 
 
-def test_gc_removes_orphan_blobs_and_temp_files_only_after_grace(nx):
+def test_gc_removes_orphan_blobs_only_after_grace(nx):
+    # (temporary files of interrupted uploads go at once: see above)
     key = "ef" * 32 + "-777777"
     nx.store.blobs.put(key, b"orphan")
-    d = os.path.dirname(blob_path(nx, key))
-    tmp = os.path.join(d, ".tmp-left")
-    open(tmp, "wb").close()
     report = nx.gc(grace=3600)
-    assert report.orphan_blobs_deleted == 0 and report.temp_files_deleted == 0
-    assert nx.store.blobs.exists(key) and os.path.exists(tmp)
+    assert report.orphan_blobs_deleted == 0
+    assert nx.store.blobs.exists(key)
     past = time.time() - 10
     os.utime(blob_path(nx, key), (past, past))
-    os.utime(tmp, (past, past))
     report = nx.gc(grace=0)
-    assert report.orphan_blobs_deleted == 1 and report.temp_files_deleted == 1
-    assert not nx.store.blobs.exists(key) and not os.path.exists(tmp)
+    assert (report.orphan_blobs_deleted, report.bytes_freed) == (1, len(b"orphan"))
+    assert not nx.store.blobs.exists(key)
 
 
 def test_gc_keeps_uploads_of_a_file_not_yet_committed(nx):
@@ -493,7 +537,7 @@ def test_fsck_does_not_report_interrupted_uploads_as_errors(nx, verify, uploaded
         nx.store.blobs.put(ref.key, data)
     report = fsck(nx, verify_data=verify)
     assert report.clean, [str(p) for p in report.problems]
-    assert report.checked["interrupted uploads"] == 1
+    assert report.garbage == {"unreferenced objects": (1, len(data))}
     report = fsck(nx, repair=True, verify_data=verify)
     assert report.clean
     assert nx.meta.get_object(ref.id) is not None  # left for gc (a writer may still commit it)

@@ -183,10 +183,10 @@ def test_sigkill_while_idle_then_remount(mnt):
         assert again.stop() == 0
 
 
-def _terminate(m: MountedStore, timeout: float = 120.0) -> int:
-    """SIGTERM to the mount process; wait for it to finish writing out and exit."""
+def _terminate(m: MountedStore, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
+    """SIGTERM (or ``sig``) to the mount process; wait for it to finish writing out and exit."""
     assert m.proc is not None
-    m.proc.send_signal(signal.SIGTERM)
+    m.proc.send_signal(sig)
     try:
         rc = m.proc.wait(timeout=timeout)
     finally:
@@ -289,3 +289,38 @@ def test_sigkill_with_unlinked_open_file(mnt):
         report = nx.fsck()
         assert report.clean, "; ".join(map(str, report.problems))
         assert nx.info().files == 0
+
+
+def _claims(home: str) -> tuple[int, int]:
+    """(jobs queued, jobs some indexer holds a lease on now), read beside the mount."""
+    import apsw
+
+    conn = apsw.Connection(os.path.join(home, "meta.db"), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        queued, claimed = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(claimed_until_ns > ?), 0) FROM index_jobs",
+            (time.time_ns(),)).fetchone()
+    finally:
+        conn.close()
+    return queued, claimed
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigint", "umount"])
+def test_a_clean_stop_gives_back_the_index_jobs_it_claimed(mnt, stop):
+    # a large text file first (indexing it takes a while), then small ones queued behind it
+    with open(mnt.path("large.txt"), "wb") as f:
+        for i in range(120_000):
+            f.write(b"line %d of a large text that takes the indexer a while to read\n" % i)
+    for i in range(12):
+        with open(mnt.path(f"small{i}.txt"), "wb") as f:
+            f.write(b"small file %d\n" % i)
+    deadline = time.monotonic() + 60
+    while _claims(mnt.home)[1] == 0:  # the indexer has taken a batch and works on it
+        assert time.monotonic() < deadline, "the indexer never claimed anything"
+        time.sleep(0.01)
+    if stop == "umount":
+        assert mnt.stop() == 0, mnt.log_tail()
+    else:
+        assert _terminate(mnt, signal.SIGTERM if stop == "sigterm" else signal.SIGINT) == 0, mnt.log_tail()
+    queued, claimed = _claims(mnt.home)
+    assert claimed == 0, f"{claimed} of {queued} queued jobs are still claimed after a clean stop"

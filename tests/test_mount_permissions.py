@@ -351,3 +351,35 @@ def test_permission_changes_take_effect(mdir):
             os.close(fd)
 
     assert nobody(open_then_revoke, cwd=mdir) == (b"SECRET", errno.EACCES)
+
+
+def _ftruncate(name: str) -> None:
+    fd = os.open(name, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 1)
+    finally:
+        os.close(fd)
+
+
+_CHANGES = {
+    "write": lambda name: _write(name, b"changed"),
+    "ftruncate": _ftruncate,
+    "truncate": lambda name: os.truncate(name, 2),
+    "open-trunc": lambda name: _write(name, b"", os.O_WRONLY | os.O_TRUNC),
+}
+
+
+@pytest.mark.parametrize("mode", [0o2767, 0o2766, 0o4767, 0o2777, 0o6777, 0o6767], ids=lambda m: f"{m:o}")
+@pytest.mark.parametrize("change", list(_CHANGES))
+@pytest.mark.parametrize("member", [False, True], ids=["not-in-group", "in-group"])
+def test_setuid_and_setgid_after_a_change_by_another_user_are_those_of_the_local_disk(
+        mdir, public_tmp, mode, change, member):
+    """Linux, without CAP_FSETID: a write or truncate always clears setuid; it clears setgid
+    if group execute is set, or if the writer is not in the file's group."""
+    name = f"f{mode:o}-{change}"
+    got = {}
+    for d in (public_tmp, mdir):  # the local disk, then the mount
+        make_file(os.path.join(d, name), mode)  # root's, group root
+        as_user(_CHANGES[change], name, groups=[0] if member else [], cwd=d)
+        got[d] = mode_of(os.path.join(d, name))
+    assert oct(got[mdir]) == oct(got[public_tmp])

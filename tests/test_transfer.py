@@ -12,7 +12,7 @@ import stat
 import pytest
 
 import nexusfs
-from nexusfs import FsError, StoreError
+from nexusfs import FsError, StoreError, transfer
 from nexusfs.transfer import (
     Importer,
     export_records,
@@ -359,8 +359,75 @@ def test_existing_file_is_not_overwritten(source, other):
     target = other()
     target.mkdir("/docs")
     target.write_bytes("/docs/small.txt", b"keep me")
+    before = tree_state(target)
     with pytest.raises(FsError) as info:
         import_stream(target, io.BytesIO(data))
     assert info.value.errno == errno.EEXIST
     assert "small.txt" in str(info.value)
+    assert tree_state(target) == before  # what came before the clash was taken back
     assert target.read_bytes("/docs/small.txt") == b"keep me"
+
+
+# ------------------------------------------------------------ all or nothing
+def tree_state(nx: nexusfs.Nexus) -> dict[str, tuple]:
+    """Every attribute (ctime too) and the stored content of every entry, read without
+    touching anything (no atime updates)."""
+    out = {}
+    for i in [nx.stat("/")] + list(nx.walk("/", attrs=True)):
+        content = nx.meta.content_location(i.ino) if i.type == "file" else None
+        out[i.path] = (i.type, i.mode, i.uid, i.gid, i.size, i.nlink, i.target, i.atime_ns,
+                       i.mtime_ns, i.ctime_ns, tuple(sorted(nx.meta.xattrs(i.ino).items())), content)
+    return out
+
+
+def a_tree_of_its_own(nx: nexusfs.Nexus) -> None:
+    nx.mkdir("/keep/sub", parents=True)
+    nx.write_bytes("/keep/file", b"mine")
+    nx.setxattr("/keep", "user.mine", b"yes")
+    nx.setxattr("/", "user.root", b"the target's")
+    nx.utime("/", (5, 6))
+
+
+def cut_short(data: bytes, how: str) -> bytes:
+    lines = data.splitlines(keepends=True)
+    if how == "truncated":
+        return b"".join(lines[:-1])
+    middle = len(lines) * 2 // 3
+    return b"".join(lines[:middle] + [b"garbage\n"] + lines[middle:])
+
+
+@pytest.mark.parametrize("under", ["/", "/new/place", "/keep"])
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_a_failed_import_changes_nothing(source, other, monkeypatch, under, how):
+    # small batches: several are committed before the failure, and still all is taken back
+    monkeypatch.setattr(transfer, "_IMPORT_BATCH_RECORDS", 3)
+    stream = cut_short(export_bytes(source, with_data=True), how)
+    target = other()
+    a_tree_of_its_own(target)
+    before = tree_state(target)
+    with pytest.raises(ValueError, match="incomplete" if how == "truncated" else "not a JSON record"):
+        import_stream(target, io.BytesIO(stream), under)
+    assert tree_state(target) == before
+    assert_clean(target)
+    # and the same stream, whole, imports as usual afterwards
+    import_stream(target, io.BytesIO(export_bytes(source, with_data=True)), under + "/again")
+    assert target.read_bytes(under.rstrip("/") + "/again/docs/small.txt") == b"hello inline\n"
+
+
+def test_a_failed_import_under_a_new_directory_leaves_no_directory(source, other):
+    data = export_bytes(source)  # without data: needs the same block size
+    target = other("wide", block_size=2 * BS)
+    with pytest.raises(StoreError, match="block size"):
+        import_stream(target, io.BytesIO(data), "/x/y")
+    assert target.listdir("/") == []
+
+
+def test_a_failed_migration_forgets_the_objects_it_registered(source, other, store_dir, monkeypatch):
+    monkeypatch.setattr(transfer, "_IMPORT_BATCH_RECORDS", 3)
+    stream = cut_short(export_bytes(source), "truncated")
+    target = other("migrated", blobs="file://" + os.path.join(store_dir, "blobs"))
+    with pytest.raises(ValueError, match="incomplete"):
+        import_stream(target, io.BytesIO(stream))
+    assert target.listdir("/") == []
+    assert target.info().objects == 0  # the source's blobs are not the target's garbage
+    assert_clean(source)

@@ -137,6 +137,67 @@ def test_overwrite_of_a_few_bytes_inside_a_committed_block(nx, store):
     assert nx.read_bytes("/f") == bytes(data)
 
 
+@pytest.mark.parametrize("order", ["end-of-block-first", "start-of-block-first"])
+def test_rewriting_pages_of_a_block_in_place_uploads_it_once(nx, store, order):
+    # a database rewrites pages anywhere; reaching a block's end is no sign that the block
+    # is done (an upload then was wasted: an object no file ever referenced)
+    nx.write_bytes("/db", pattern(4 * BS, 3))
+    before = store.vfs.blocks.stats["uploads"]
+    pages = [(BS - 4096, b"e" * 4096), (0, b"s" * 4096)]
+    with nx.open("/db", "r+b") as f:
+        for off, data in pages if order == "end-of-block-first" else pages[::-1]:
+            f.seek(off)
+            f.write(data)
+    assert store.vfs.blocks.stats["uploads"] - before == 1
+    expected = bytearray(pattern(4 * BS, 3))
+    for off, data in pages:
+        expected[off : off + len(data)] = data
+    assert nx.read_bytes("/db") == bytes(expected)
+    report = nx.fsck()
+    assert report.clean
+    assert report.garbage["unreferenced objects"][0] == 1  # the old block 0, nothing else
+
+
+def test_sequential_writes_upload_each_block_as_soon_as_it_is_full(nx, store):
+    data = pattern(3 * BS + 100, 4)
+    with nx.open("/seq", "wb", buffering=0) as f:
+        for off in range(0, len(data), 5000):  # appending in pieces that straddle blocks
+            f.write(data[off : off + 5000])
+        open_file = store.vfs._open[nx.stat("/seq").ino]
+        assert sorted(open_file.pending) == [0, 1, 2]  # uploading before the file is closed
+    assert nx.read_bytes("/seq") == data
+
+
+@pytest.mark.parametrize("mode, groups, uid, left", [
+    (0o2767, [], 1000, 0o767),         # setgid, not in the file's group: cleared
+    (0o2767, [0], 1000, 0o2767),       # in the group (a supplementary one): kept
+    (0o2777, [0], 1000, 0o777),        # with group execute: cleared even for a member
+    (0o4767, [0], 1000, 0o767),        # setuid: always cleared
+    (0o6767, [], 0, 0o6767),           # root (CAP_FSETID): nothing cleared
+], ids=["sgid-outsider", "sgid-member", "sgid-gx", "suid", "root"])
+@pytest.mark.parametrize("change", ["write", "truncate", "open-trunc"])
+def test_a_change_by_another_user_clears_setuid_and_setgid_as_linux_does(nx, store, mode, groups, uid,
+                                                                         left, change):
+    from nexusfs.vfs import Writer
+
+    nx.write_bytes("/prog", b"#!/bin/sh\n")
+    ino = nx.stat("/prog").ino
+    store.vfs.setattr(ino, mode=mode, uid=0, gid=0)
+    writer = Writer(uid, 1000, lambda: groups)
+    vfs = store.vfs
+    if change == "truncate":
+        vfs.setattr(ino, size=3, writer=writer)
+    else:
+        flags = os.O_WRONLY | (os.O_TRUNC if change == "open-trunc" else 0)
+        fh = vfs.open(ino, flags, writer=writer)
+        try:
+            if change == "write":
+                vfs.write(fh, 0, b"x")
+        finally:
+            vfs.release(fh)
+    assert oct(nx.stat("/prog").mode & 0o7777) == oct(left)
+
+
 def test_write_past_the_end_leaves_a_zero_filled_gap(nx, store):
     nx.write_bytes("/f", b"head")
     with H(store.vfs, ino_of(nx, "/f"), os.O_WRONLY) as h:

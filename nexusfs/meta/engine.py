@@ -55,6 +55,19 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+def bits_a_change_clears(mode: int, writer_in_group: Callable[[], bool]) -> int:
+    """The setuid/setgid bits a write or truncate by a process without CAP_FSETID clears
+    (Linux's rule): setuid always; setgid if group execute is set (it then means "run as
+    that group") or if the writer is not in the file's group. ``writer_in_group`` is
+    asked only when it matters (looking up groups costs a read of /proc)."""
+    if not stat.S_ISREG(mode):
+        return 0
+    bits = mode & stat.S_ISUID
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not writer_in_group()):
+        bits |= stat.S_ISGID
+    return bits
+
+
 def check_name(name: bytes) -> None:
     if not name or b"/" in name or b"\0" in name:
         raise FsError(errno.EINVAL, f"invalid file name {name!r}")
@@ -877,6 +890,14 @@ class MetadataEngine:
             (older_than_ns, limit),
         )
         return [ObjectRef(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def unreferenced_summary(self) -> tuple[int, int, int, int]:
+        """(how many, stored bytes, oldest and newest ``unref_ns``) of the objects no block
+        references: garbage that gc frees once its grace period has passed."""
+        row = self.db.query_one(
+            "SELECT COUNT(*), COALESCE(SUM(stored_size), 0), COALESCE(MIN(unref_ns), 0), "
+            "COALESCE(MAX(unref_ns), 0) FROM objects WHERE refcount = 0")
+        return row if row is not None else (0, 0, 0, 0)
 
     def forget_object(self, oid: int, older_than_ns: int) -> bool:
         """Delete an unreferenced object row; True if it was still garbage (then delete its blob)."""

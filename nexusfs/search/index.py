@@ -191,6 +191,14 @@ class SearchIndex:
             ):
                 self.db.execute("UPDATE index_jobs SET claimed_until_ns = 0 WHERE inode = ?", (job.inode,))
 
+    def release_jobs(self, jobs: Sequence[Job]) -> None:
+        """Give claimed jobs back unworked (a clean stop): the next indexer takes them at once
+        instead of waiting for the lease to run out."""
+        if jobs:
+            with self.db.transaction():
+                self.db.query_in("UPDATE index_jobs SET claimed_until_ns = 0 WHERE inode IN ({ids})",
+                                 [job.inode for job in jobs])
+
     def fail_job(self, job: Job, error: str) -> None:
         delay = min(2 ** (job.attempts + 1), MAX_BACKOFF_S)
         self.db.execute(

@@ -178,11 +178,12 @@ class Indexer:
         if background:
             self._yield_to_foreground()
         jobs = self.index.claim_jobs(limit)
-        for job in jobs:
-            if self._stop.is_set():
-                break
+        for n, job in enumerate(jobs):
             if background:
                 self._yield_to_foreground()
+            if self._stop.is_set():
+                self.index.release_jobs(jobs[n:])  # stopping: others may take them at once
+                break
             try:
                 self.index_file(job.inode)
             except Exception as exc:  # noqa: BLE001 - recorded and retried later

@@ -511,6 +511,40 @@ def test_bad_config_yaml(home, tmp_path):
     assert "does not exist" in Nexus(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
 
 
+def test_config_errors_name_the_file_and_the_setting(home, tmp_path):
+    cfg = tmp_path / "nexus.yaml"
+    cfg.write_bytes(b"threads: 4\n\xff\xfe\x00binary")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: config file {cfg} is not UTF-8 text (byte 0xff at offset 11)"
+    cfg.write_bytes(b"threads: 4\n\x07bell\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: config file {cfg} is not valid YAML (line 2: control character 0x07)"
+    cfg.write_text("threads: -3\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: {cfg}: threads must be at least 1, not -3"
+    cfg.write_text("block_size: 3MiB\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: {cfg}: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"
+    cfg.write_text("block_size: 1MiB\ninline_max: 2MiB\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: {cfg}: inline_max must be between 0 and 1MiB, not 2MiB"
+    cfg.write_text("threads: many\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == \
+        f"nexus: error: {cfg}: threads: expected a whole number, got 'many'"
+    cfg.write_text("1: x\n")
+    assert Nexus(home).error("--config", str(cfg), "init") == f"nexus: error: {cfg}: unknown setting '1'"
+    assert not os.path.exists(home)
+
+
+def test_init_answers_in_the_units_it_was_given(home):
+    assert Nexus(home).error("init", "--block-size", "3MiB") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"
+    assert Nexus(home).error("init", "--block-size", "100000") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 100000 bytes"
+    assert Nexus(home).error("init", "--block-size", "128MiB") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 128MiB"
+
+
 def test_config_file_names_the_store(tmp_path):
     cfg = tmp_path / "nexus.yaml"
     cfg.write_text("home: via-config\nblock_size: 256KiB\n")

@@ -11,6 +11,7 @@ a temporary directory (major 1: 3 is null, 7 is full), never /dev itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -20,6 +21,8 @@ import time
 
 import pytest
 
+from nexusfs.localcopy import open_local_for_write
+from tests.mount_helpers import NOBODY, as_user
 from tests.test_cli import _nexus_argv, connect, home, nexus
 
 FIXTURES = (home, nexus)  # the store and the `nexus` runner of test_cli.py, used here as fixtures
@@ -344,3 +347,28 @@ def test_export_output_follows_a_symlink_and_writes_in_place(nexus, tmp_path):
     assert os.readlink(tmp_path / "link") == "dump"
     assert os.stat(tmp_path / "dump").st_ino == ino
     assert (tmp_path / "dump").read_bytes().startswith(b'{"type":"header"')
+
+
+def _try_to_write(path: str) -> str:
+    """What opening ``path`` for a file's content gives (run as another user)."""
+    try:
+        sink, _created = open_local_for_write(path)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    sink.close()
+    return "written"
+
+
+def test_read_only_means_not_writable_by_this_user(tmp_path):
+    """As an ordinary user, a file is read-only when its mode does not let that user write it."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    cases = {"root-0666": (0, 0o666), "root-0644": (0, 0o644), "nobody-0644": (NOBODY, 0o644),
+             "nobody-0444": (NOBODY, 0o444)}
+    for name, (uid, mode) in cases.items():
+        write(d / name, b"old", mode)
+        os.chown(d / name, uid, uid)
+    seen = {name: as_user(_try_to_write, name, cwd=str(d)) for name in cases}
+    assert seen == {"root-0666": "written", "root-0644": "EACCES", "nobody-0644": "written",
+                    "nobody-0444": "EACCES"}

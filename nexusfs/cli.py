@@ -50,7 +50,6 @@ from .localcopy import (
 )
 
 PLUGIN_GROUP = "nexusfs.commands"
-CHUNK = 1 << 20
 
 
 # ------------------------------------------------------------------ state
@@ -378,6 +377,8 @@ def cli(ctx: click.Context, home: str | None, config_file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    global _pipe_broken
+    _pipe_broken = False
     try:
         cli.main(args=argv, prog_name="nexus")
     finally:

@@ -447,22 +447,13 @@ def info(as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------- ls
-@functools.lru_cache(maxsize=256)
-def user_name(uid: int) -> str:
-    """The login name of ``uid``, as ``ls -l`` shows it; the number when it has none."""
+@functools.lru_cache(maxsize=512)
+def owner_name(number: int, *, group: bool = False) -> str:
+    """The user (or group) name of ``number``, as ``ls -l`` shows it; the number when it has none."""
     try:
-        return pwd.getpwuid(uid).pw_name
+        return grp.getgrgid(number).gr_name if group else pwd.getpwuid(number).pw_name
     except (KeyError, OverflowError):
-        return str(uid)
-
-
-@functools.lru_cache(maxsize=256)
-def group_name(gid: int) -> str:
-    """The name of group ``gid``; the number when it has none."""
-    try:
-        return grp.getgrgid(gid).gr_name
-    except (KeyError, OverflowError):
-        return str(gid)
+        return str(number)
 
 
 def _long_lines(entries: list[tuple[str, Any]]) -> list[str]:
@@ -473,7 +464,7 @@ def _long_lines(entries: list[tuple[str, Any]]) -> list[str]:
         else:
             size = str(fi.size)
         link = f" -> {fi.target}" if fi.target is not None else ""
-        cols.append((stat.filemode(fi.mode), str(fi.nlink), user_name(fi.uid), group_name(fi.gid), size,
+        cols.append((stat.filemode(fi.mode), str(fi.nlink), owner_name(fi.uid), owner_name(fi.gid, group=True), size,
                      _mtime(fi.mtime_ns), name + link))
     if not cols:
         return []

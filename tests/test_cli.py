@@ -192,7 +192,7 @@ def test_ls_short_long_recursive(nexus, home):
     assert nexus("ls", "/top").stdout.splitlines() == ["a.txt", "b.txt", "link", "sub"]
     assert ".hidden" in nexus("ls", "-a", "/top").stdout.splitlines()
     long = nexus("ls", "-l", "/top").stdout.splitlines()
-    uid, gid = cli_mod.user_name(os.getuid()), cli_mod.group_name(os.getgid())
+    uid, gid = cli_mod.owner_name(os.getuid()), cli_mod.owner_name(os.getgid(), group=True)
     assert re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 1999-12-\d\d \d\d:\d\d b\.txt", long[1]) or \
         re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 2000-01-0\d \d\d:\d\d b\.txt", long[1])
     assert re.fullmatch(r"lrwxrwxrwx\s+1 .* link -> a\.txt", long[2])
@@ -229,7 +229,7 @@ def test_ls_long_shows_owner_and_group_names(nexus, home):
     nexus("write", "/nobodys", input=b"x")
     nexus("write", "/nameless", input=b"x")
     nobody = pwd.getpwnam("nobody")
-    unused = next(i for i in range(54321, 60000) if not _has_user(i) and not _has_group(i))
+    unused = _unnamed_id()
     with connect(home) as nx:
         nx.chown("/rootfile", 0, 0)
         nx.chown("/nobodys", nobody.pw_uid, nobody.pw_gid)
@@ -240,24 +240,21 @@ def test_ls_long_shows_owner_and_group_names(nexus, home):
     assert lines["nameless"][2:4] == [str(unused), str(unused)]  # no name: the number, as ls does
 
 
-def _has_user(uid: int) -> bool:
+def _unnamed_id() -> int:
+    """A number that is neither a user's nor a group's id."""
+    import grp
     import pwd
 
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        return False
-
-
-def _has_group(gid: int) -> bool:
-    import grp
-
-    try:
-        grp.getgrgid(gid)
-        return True
-    except KeyError:
-        return False
+    for i in range(54321, 60000):
+        for lookup in (pwd.getpwuid, grp.getgrgid):
+            try:
+                lookup(i)
+                break
+            except KeyError:
+                pass
+        else:
+            return i
+    raise AssertionError("no unused id")
 
 
 @pytest.mark.parametrize(("args", "line"), [
@@ -589,28 +586,19 @@ def test_bad_config_yaml(home, tmp_path):
     assert "does not exist" in Nexus(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
 
 
-def test_config_errors_name_the_file_and_the_setting(home, tmp_path):
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"threads: 4\n\xff\xfe\x00binary", "config file {cfg} is not UTF-8 text (byte 0xff at offset 11)"),
+    (b"threads: 4\n\x07bell\n", "config file {cfg} is not valid YAML (line 2: control character 0x07)"),
+    (b"threads: -3\n", "{cfg}: threads must be at least 1, not -3"),
+    (b"block_size: 3MiB\n", "{cfg}: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"),
+    (b"block_size: 1MiB\ninline_max: 2MiB\n", "{cfg}: inline_max must be between 0 and 1MiB, not 2MiB"),
+    (b"threads: many\n", "{cfg}: threads: expected a whole number, got 'many'"),
+    (b"1: x\n", "{cfg}: unknown setting '1'"),
+])
+def test_config_errors_name_the_file_and_the_setting(home, tmp_path, content, problem):
     cfg = tmp_path / "nexus.yaml"
-    cfg.write_bytes(b"threads: 4\n\xff\xfe\x00binary")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: config file {cfg} is not UTF-8 text (byte 0xff at offset 11)"
-    cfg.write_bytes(b"threads: 4\n\x07bell\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: config file {cfg} is not valid YAML (line 2: control character 0x07)"
-    cfg.write_text("threads: -3\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: {cfg}: threads must be at least 1, not -3"
-    cfg.write_text("block_size: 3MiB\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: {cfg}: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"
-    cfg.write_text("block_size: 1MiB\ninline_max: 2MiB\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: {cfg}: inline_max must be between 0 and 1MiB, not 2MiB"
-    cfg.write_text("threads: many\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == \
-        f"nexus: error: {cfg}: threads: expected a whole number, got 'many'"
-    cfg.write_text("1: x\n")
-    assert Nexus(home).error("--config", str(cfg), "init") == f"nexus: error: {cfg}: unknown setting '1'"
+    cfg.write_bytes(content)
+    assert Nexus(home).error("--config", str(cfg), "init") == "nexus: error: " + problem.format(cfg=cfg)
     assert not os.path.exists(home)
 
 

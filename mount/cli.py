@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from nexusfs.cli import describe_error, usage_error
 from nexusfs.config import Config
 from nexusfs.errors import NexusError
 
@@ -37,6 +38,11 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _message(exc: BaseException) -> str:
+    """The one-line text of a failure (an OSError as 'path: reason', not '[Errno 2] ...')."""
+    return describe_error(exc) or str(exc)
+
+
 def _parse_o(values: tuple[str, ...], opts: MountOptions) -> None:
     for value in values:
         for item in filter(None, (v.strip() for v in value.split(","))):
@@ -57,7 +63,8 @@ def _parse_o(values: tuple[str, ...], opts: MountOptions) -> None:
 
 def mount_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
-        click.argument("mountpoint", type=click.Path(file_okay=False)),
+        # (not click.Path(file_okay=False): a file is refused by the runner, in its own words)
+        click.argument("mountpoint"),
         click.option("-d", "--background", is_flag=True, help="Return once the mount is live; serve from a background process."),
         click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (the default)."),
         click.option("--allow-other/--no-allow-other", default=None,
@@ -114,7 +121,7 @@ def _do_mount(config: Config, mountpoint: str, background: bool, allow_other: bo
         report_failure(ready_fd, exc)
         if os.environ.get("NEXUS_DEBUG"):
             raise
-        _fail(str(exc))
+        _fail(_message(exc))
 
 
 def _child_args(config: Config, mountpoint: str, allow_other: bool | None, writeback_cache: bool,
@@ -148,7 +155,7 @@ def mount_command(mountpoint: str, background: bool, foreground: bool, allow_oth
     try:
         config = _root_config()
     except NexusError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
         return
     child = _child_args(config, mountpoint, allow_other, writeback_cache, attr_timeout, options, debug)
     _do_mount(config, mountpoint, background and not foreground, allow_other, writeback_cache,
@@ -156,16 +163,29 @@ def mount_command(mountpoint: str, background: bool, foreground: bool, allow_oth
 
 
 @click.command("umount")
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 def umount_command(mountpoint: str) -> None:
     """Unmount a nexusfs mount and wait until all its data is written out."""
     try:
         unmount(mountpoint)
     except NexusError as exc:
-        _fail(str(exc))
+        _fail(_message(exc))
 
 
-@click.command("mount")
+class _StandaloneCommand(click.Command):
+    """`python -m mount`: usage errors as one ``nexus: error:`` line, as under ``nexus``."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise usage_error(exc) from None
+
+
+@click.command("mount", cls=_StandaloneCommand)
 @click.option("--home", default=None, help="Store directory.")
 @click.option("--config", default=None, help="nexus.yaml to read.")
 @mount_options
@@ -177,7 +197,7 @@ def standalone(home: str | None, config: str | None, mountpoint: str, background
         cfg = Config.load(config, home=home)
     except NexusError as exc:
         report_failure(ready_fd, exc)
-        _fail(str(exc))
+        _fail(_message(exc))
         return
     child = _child_args(cfg, mountpoint, allow_other, writeback_cache, attr_timeout, options, debug)
     _do_mount(cfg, mountpoint, background and not foreground, allow_other, writeback_cache,

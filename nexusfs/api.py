@@ -17,12 +17,13 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO, Literal, overload
 
 from . import paths
 from .config import Config
-from .errors import FsError, NexusError, fs_error
+from .errors import FsError, NexusError
 from .meta.engine import ObjectRef
 from .paths import PathLike
 from .search.grep import GrepMatch, GrepOptions, compile_pattern
@@ -34,6 +35,9 @@ from .store import Store
 from .types import ROOT_INODE, TIME_NOW, Attr, StoreInfo
 
 MAX_SYMLINKS = 40
+
+#: last names that are no entry of their directory: '.', '..', and b'/' for the root itself
+_DOTS = (b".", b"..", b"/")
 
 _TYPE_NAMES = {
     stat.S_IFREG: "file",
@@ -103,6 +107,32 @@ def _info(path: str, attr: Attr, target: bytes | None = None) -> FileInfo:
     )
 
 
+def _restated(exc: FsError, shown: str) -> FsError:
+    """``exc`` about the caller's whole path: '<path>: <what went wrong>'.
+
+    The engine names an inode or a single name ('x: No such file or directory',
+    'inode 12 is a directory'); those give way to the plain errno text. A
+    sentence of its own ('cannot move a directory into itself ...') is kept.
+    """
+    text = os.strerror(exc.errno)
+    msg = exc.message
+    plain = msg == text or msg.endswith(": " + text) or msg.startswith("inode ")
+    out = FsError(exc.errno, f"{shown}: {text if plain else msg}")
+    out.filename = shown
+    return out
+
+
+@contextmanager
+def _about(path: PathLike, *, text: str | None = None) -> Iterator[None]:
+    """Restate an FsError raised inside in terms of ``path`` (or ``text``), unless it names its path already."""
+    try:
+        yield
+    except FsError as exc:
+        if exc.filename is not None:
+            raise
+        raise _restated(exc, text if text is not None else paths.shown(path)) from None
+
+
 class Nexus:
     """A connection to a store. Use as a context manager, or call :meth:`close`."""
 
@@ -132,46 +162,98 @@ class Nexus:
         self.vfs.sync()
 
     # ------------------------------------------------------------ resolving
-    def _resolve(self, path: PathLike, *, follow: bool = True) -> Attr:
-        comps = paths.split(path)
-        return self._walk(comps, follow, 0)
+    # Paths are walked the way the kernel walks them (see paths.components): '..' is
+    # the physical parent, a trailing '/' needs a directory, and a symlink is followed
+    # wherever the kernel follows one. Errors carry no path here: every public method
+    # restates them with the whole path its caller gave (see _about).
 
-    def _walk(self, comps: list[bytes], follow: bool, depth: int, start: int = ROOT_INODE) -> Attr:
+    def _resolve(self, path: PathLike, *, follow: bool = True) -> Attr:
+        comps, trailing = paths.components(path)
+        return self._walk(comps, follow, trailing=trailing)
+
+    def _walk(self, comps: list[bytes], follow: bool, depth: int = 0, start: int = ROOT_INODE,
+              trailing: bool = False) -> Attr:
         attr = self.meta.getattr(start)
-        stack: list[int] = []  # parents, for '..' after a symlink
+        last = len(comps) - 1
         for i, name in enumerate(comps):
             if not attr.is_dir:
-                raise fs_error(errno.ENOTDIR, b"/".join(comps[:i]))
+                raise FsError(errno.ENOTDIR)
+            if name == b".":
+                continue
             if name == b"..":
-                attr = self.meta.getattr(stack.pop() if stack else self.meta.parent_of(attr.ino))
+                attr = self.meta.getattr(self.meta.parent_of(attr.ino))
                 continue
             parent = attr
-            attr = self.vfs.lookup(attr.ino, name)
-            last = i == len(comps) - 1
-            if attr.is_symlink and (follow or not last):
-                if depth >= MAX_SYMLINKS:
-                    raise fs_error(errno.ELOOP, b"/".join(comps[: i + 1]))
-                target = self.meta.readlink(attr.ino)
-                base = ROOT_INODE if target.startswith(b"/") else parent.ino
-                tcomps = [c for c in target.split(b"/") if c and c != b"."]
-                attr = self._walk(tcomps, True, depth + 1, base)
-                stack.append(parent.ino)
-            else:
-                stack.append(parent.ino)
+            attr = self.vfs.lookup(parent.ino, name)
+            if attr.is_symlink and (follow or trailing or i < last):
+                target, base = self._link_target(attr, parent, depth)
+                tcomps, ttrailing = paths.components(target)
+                attr = self._walk(tcomps, True, depth + 1, base, ttrailing)
+        if trailing and not attr.is_dir:
+            raise FsError(errno.ENOTDIR)
         return attr
 
-    def _parent(self, path: PathLike) -> tuple[Attr, bytes]:
-        comps = paths.split(path)
-        if not comps:
-            raise FsError(errno.EINVAL, "the root directory has no parent")
-        parent = self._walk(comps[:-1], True, 0)
-        if not parent.is_dir:
-            raise fs_error(errno.ENOTDIR, paths.normalize(path).rsplit("/", 1)[0] or "/")
-        return parent, comps[-1]
+    def _link_target(self, link: Attr, parent: Attr, depth: int) -> tuple[bytes, int]:
+        """(target, inode the target is walked from) of symlink ``link``, a name in ``parent``."""
+        if depth >= MAX_SYMLINKS:
+            raise FsError(errno.ELOOP)
+        target = self.meta.readlink(link.ino)
+        return target, ROOT_INODE if target.startswith(b"/") else parent.ino
 
-    def _err(self, exc: FsError, path: PathLike) -> FsError:
-        """Restate an engine error in terms of the caller's path."""
-        return fs_error(exc.errno, paths.normalize(path))
+    def _parent(self, path: PathLike) -> tuple[Attr, bytes, bool]:
+        """(directory, last name, trailing '/') of a path that an operation creates or removes.
+
+        The last name may be '.' or '..', or ``b'/'`` for the root itself (see
+        ``_DOTS``): each operation answers those the way the kernel does.
+        """
+        comps, trailing = paths.components(path)
+        if not comps:
+            return self.meta.getattr(ROOT_INODE), b"/", True
+        return self._walk(comps[:-1], True, trailing=True), comps[-1], trailing
+
+    def _lookup(self, parent: Attr, name: bytes) -> Attr | None:
+        """The entry ``name`` of ``parent`` (a symlink is not followed), None if there is none."""
+        try:
+            return self.vfs.lookup(parent.ino, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _new_name(self, path: PathLike) -> tuple[Attr, bytes]:
+        """(directory, name) where symlink() or link() makes a new entry, refused like the kernel refuses."""
+        parent, name, trailing = self._parent(path)
+        if name in _DOTS:
+            raise FsError(errno.EEXIST)
+        if trailing:  # 'new/' names a directory, which a link never is
+            raise FsError(errno.EEXIST if self._lookup(parent, name) is not None else errno.ENOENT)
+        return parent, name
+
+    def _open_target(self, comps: list[bytes], trailing: bool, exclusive: bool, depth: int = 0,
+                     start: int = ROOT_INODE) -> tuple[Attr, bytes, Attr | None]:
+        """(directory, name, existing entry or None) that open(O_CREAT) opens or creates.
+
+        A final symlink is followed (a dangling one creates its target), except with
+        O_EXCL; a trailing '/' or a last name '.' or '..' is EISDIR, as for the kernel.
+        """
+        if comps:
+            parent, name = self._walk(comps[:-1], True, depth, start, trailing=True), comps[-1]
+        else:
+            parent, name = self.meta.getattr(start), b"/"
+        if trailing or name in _DOTS:
+            raise FsError(errno.EISDIR)
+        attr = self._lookup(parent, name)
+        if attr is not None and attr.is_symlink and not exclusive:
+            target, base = self._link_target(attr, parent, depth)
+            tcomps, ttrailing = paths.components(target)
+            return self._open_target(tcomps, ttrailing, exclusive, depth + 1, base)
+        return parent, name, attr
+
+    def _shown_path(self, path: PathLike, attr: Attr) -> str:
+        """The path to report for ``path`` once resolved to ``attr``: normalized, or the real one after '..'."""
+        if b".." in paths.components(path)[0]:
+            return paths.decode(self.meta.path_of(attr.ino))
+        return paths.normalize(path)
 
     # ------------------------------------------------------------------ stat
     def exists(self, path: PathLike) -> bool:
@@ -184,12 +266,10 @@ class Nexus:
             raise
 
     def stat(self, path: PathLike, *, follow_symlinks: bool = True) -> FileInfo:
-        try:
+        with _about(path):
             attr = self._resolve(path, follow=follow_symlinks)
-        except FsError as exc:
-            raise self._err(exc, path) from None
-        target = self.meta.readlink(attr.ino) if attr.is_symlink else None
-        return _info(paths.normalize(path), attr, target)
+            target = self.meta.readlink(attr.ino) if attr.is_symlink else None
+            return _info(self._shown_path(path, attr), attr, target)
 
     def is_dir(self, path: PathLike) -> bool:
         try:
@@ -213,9 +293,7 @@ class Nexus:
 
     def write_bytes(self, path: PathLike, data: bytes | bytearray | memoryview, *, parents: bool = False,
                     mode: int = 0o644) -> int:
-        if parents:
-            self.mkdir(paths.normalize(path).rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
-        with self.open(path, "wb", mode_bits=mode) as f:
+        with self.open(path, "wb", mode_bits=mode, parents=parents) as f:
             return f.write(data)
 
     def write_text(self, path: PathLike, text: str, encoding: str = "utf-8", *, parents: bool = False) -> int:
@@ -227,20 +305,24 @@ class Nexus:
 
     @overload
     def open(self, path: PathLike, mode: Literal["rb", "wb", "ab", "xb", "r+b", "w+b", "a+b", "rb+", "wb+", "ab+"] = "rb", *,
-             buffering: int = -1, mode_bits: int = 0o644) -> BinaryIO: ...
+             buffering: int = -1, mode_bits: int = 0o644, parents: bool = False) -> BinaryIO: ...
     @overload
     def open(self, path: PathLike, mode: str, *, buffering: int = -1, encoding: str | None = None,
-             mode_bits: int = 0o644) -> IO[Any]: ...
+             mode_bits: int = 0o644, parents: bool = False) -> IO[Any]: ...
 
     def open(self, path: PathLike, mode: str = "rb", *, buffering: int = -1, encoding: str | None = None,
-             mode_bits: int = 0o644) -> IO[Any]:
+             mode_bits: int = 0o644, parents: bool = False) -> IO[Any]:
         """Open a file as a streaming file object (``rb``, ``wb``, ``ab``, ``xb``, ``r+b``, text modes too).
 
         Data is streamed block by block: a file of any size needs only the
         block cache and the dirty buffer in memory. Closing (or ``flush()``)
-        commits what was written.
+        commits what was written. ``parents`` creates missing directories
+        above a file that is created.
         """
         flags, readable, writable, binary = _parse_mode(mode)
+        if parents and flags & os.O_CREAT:
+            with _about(path):
+                self._make_parents(paths.components(path)[0], 0o755)
         fh = self._open_fh(path, flags, mode_bits)
         raw = NexusFile(self, fh, paths.normalize(path), readable, writable, bool(flags & os.O_APPEND))
         if buffering == 0:
@@ -260,85 +342,107 @@ class Nexus:
         return io.TextIOWrapper(buffered, encoding=encoding or "utf-8", line_buffering=buffering == 1)
 
     def _open_fh(self, path: PathLike, flags: int, mode_bits: int) -> int:
-        try:
-            try:
-                attr = self._resolve(path)
-            except FsError as exc:
-                if exc.errno != errno.ENOENT or not flags & os.O_CREAT:
-                    raise
-                parent, name = self._parent(path)
-                try:
-                    attr = self.vfs.create_node(
-                        parent.ino, name, stat.S_IFREG | (mode_bits & ~self.umask & 0o7777), self.uid, self.gid
-                    )
-                except FsError as cexc:
-                    if cexc.errno != errno.EEXIST or flags & os.O_EXCL:
-                        raise
-                    attr = self._resolve(path)
+        with _about(path):
+            if flags & os.O_CREAT:
+                attr = self._create_file(path, mode_bits, exclusive=bool(flags & os.O_EXCL))
             else:
-                if flags & os.O_CREAT and flags & os.O_EXCL:
-                    raise fs_error(errno.EEXIST, paths.normalize(path))
+                attr = self._resolve(path)
             if attr.is_dir:
-                raise fs_error(errno.EISDIR, paths.normalize(path))
+                raise FsError(errno.EISDIR)
             if not attr.is_reg:
-                raise FsError(errno.EINVAL, f"{paths.normalize(path)}: not a regular file")
+                raise FsError(errno.EINVAL, "not a regular file")
             return self.vfs.open(attr.ino, flags)
+
+    def _create_file(self, path: PathLike, mode_bits: int, *, exclusive: bool = False,
+                     umask: int | None = None) -> Attr:
+        """The file open(O_CREAT) opens: the existing one (through a final symlink), or a new one."""
+        umask = self.umask if umask is None else umask
+        comps, trailing = paths.components(path)
+        parent, name, attr = self._open_target(comps, trailing, exclusive)
+        if attr is not None:
+            if exclusive:
+                raise FsError(errno.EEXIST)
+            return attr
+        try:
+            return self.vfs.create_node(parent.ino, name, stat.S_IFREG | (mode_bits & ~umask & 0o7777),
+                                        self.uid, self.gid)
         except FsError as exc:
-            raise self._err(exc, path) from None
+            if exc.errno != errno.EEXIST or exclusive:
+                raise
+            return self.vfs.lookup(parent.ino, name)  # another writer created it just now
 
     # ------------------------------------------------------------ namespace
     def mkdir(self, path: PathLike, *, parents: bool = False, exist_ok: bool = False, mode: int = 0o755) -> None:
-        comps = paths.split(path)
-        if not comps:
-            if exist_ok or parents:
-                return
-            raise fs_error(errno.EEXIST, "/")
-        if parents:
-            for i in range(1, len(comps)):
-                sub = "/" + "/".join(paths.decode(c) for c in comps[:i])
-                try:
-                    self.mkdir(sub, exist_ok=True, mode=mode)
-                except FsError as exc:
-                    raise self._err(exc, sub) from None
-        parent, name = self._parent(path)
+        with _about(path):
+            if parents:
+                self._make_parents(paths.components(path)[0], mode)
+            self._mkdir(path, exist_ok or parents, mode)
+
+    def _make_parents(self, comps: list[bytes], mode: int) -> None:
+        """Create the missing directories above the last of ``comps`` (as ``mkdir -p`` does).
+
+        A name in the way that is not a directory is left for the caller's own
+        step to report (ENOTDIR, about the whole path).
+        """
+        for i in range(1, len(comps)):
+            try:
+                self._mkdir(b"/" + b"/".join(comps[:i]), True, mode)
+            except FsError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+
+    def _mkdir(self, path: PathLike, exist_ok: bool, mode: int) -> None:
+        parent, name, _trailing = self._parent(path)
         try:
+            if name in _DOTS:
+                raise FsError(errno.EEXIST)
             self.vfs.create_node(parent.ino, name, stat.S_IFDIR | (mode & ~self.umask & 0o7777), self.uid, self.gid)
         except FsError as exc:
-            if exc.errno == errno.EEXIST and (exist_ok or parents):
-                if self._resolve(path).is_dir:
-                    return
-            raise self._err(exc, path) from None
+            if exc.errno == errno.EEXIST and exist_ok and self.is_dir(path):
+                return
+            raise
 
     def rmdir(self, path: PathLike) -> None:
-        parent, name = self._parent(path)
-        try:
-            self.vfs.rmdir(parent.ino, name)
-        except FsError as exc:
-            raise self._err(exc, path) from None
+        with _about(path):
+            parent, name, _trailing = self._parent(path)
+            if name == b"/":
+                raise FsError(errno.EBUSY)
+            self.vfs.rmdir(parent.ino, name)  # the engine answers '.' (EINVAL) and '..' (ENOTEMPTY)
 
     def delete(self, path: PathLike, *, recursive: bool = False, missing_ok: bool = False) -> None:
-        """Remove a file, symlink or (with ``recursive``) a whole directory tree."""
-        try:
-            attr = self._resolve(path, follow=False)
-        except FsError as exc:
-            if missing_ok and exc.errno == errno.ENOENT:
+        """Remove a file, symlink or (with ``recursive``) a whole directory tree.
+
+        Like unlink(2) and ``rm``: a symlink is removed, not what it points to;
+        ``name/`` must be a directory; '.' and '..' are refused.
+        """
+        with _about(path):
+            try:
+                parent, name, trailing = self._parent(path)
+                attr = None if name in _DOTS else self._lookup(parent, name)
+            except FsError as exc:
+                if missing_ok and exc.errno == errno.ENOENT:
+                    return
+                raise
+            if name == b"/":
+                if not recursive:
+                    raise FsError(errno.EISDIR)
+                self._delete_tree(ROOT_INODE)
                 return
-            raise self._err(exc, path) from None
-        if attr.is_dir:
+            if name in _DOTS:
+                raise FsError(errno.EINVAL, "refusing to remove '.' or '..'") if recursive else FsError(errno.EISDIR)
+            if attr is None:
+                if missing_ok:
+                    return
+                raise FsError(errno.ENOENT)
+            if trailing and not attr.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if not attr.is_dir:
+                self.vfs.unlink(parent.ino, name)
+                return
             if not recursive:
-                raise fs_error(errno.EISDIR, f"{paths.normalize(path)} (use recursive=True)")
-            if attr.ino == ROOT_INODE:
-                for name in self.listdir(path):
-                    self.delete(paths.join(paths.normalize(path), name), recursive=True)
-                return
+                raise FsError(errno.EISDIR, "Is a directory (use recursive=True)")
             self._delete_tree(attr.ino)
-            self.rmdir(path)
-            return
-        parent, name = self._parent(path)
-        try:
-            self.vfs.unlink(parent.ino, name)
-        except FsError as exc:
-            raise self._err(exc, path) from None
+            self.vfs.rmdir(parent.ino, name)
 
     remove = delete
 
@@ -351,27 +455,35 @@ class Nexus:
                 self.vfs.unlink(ino, name)
 
     def rename(self, src: PathLike, dst: PathLike, *, overwrite: bool = True) -> None:
-        sp, sn = self._parent(src)
-        dp, dn = self._parent(dst)
         from .types import RENAME_NOREPLACE
 
-        try:
+        with _about(src):
+            sp, sn, strailing = self._parent(src)
+            moved = None if sn in _DOTS else self._lookup(sp, sn)
+            if moved is None and sn not in _DOTS:
+                raise FsError(errno.ENOENT)
+        with _about(dst):
+            dp, dn, dtrailing = self._parent(dst)
+        with _about(src, text=f"rename {paths.shown(src)} -> {paths.shown(dst)}"):
+            if sn in _DOTS or dn in _DOTS:
+                raise FsError(errno.EBUSY)
+            if (strailing or dtrailing) and moved is not None and not moved.is_dir:
+                raise FsError(errno.ENOTDIR)
             self.vfs.rename(sp.ino, sn, dp.ino, dn, 0 if overwrite else RENAME_NOREPLACE)
-        except FsError as exc:
-            raise FsError(exc.errno, f"rename {paths.normalize(src)} -> {paths.normalize(dst)}: {os.strerror(exc.errno)}") from None
 
     move = rename
 
     def copy(self, src: PathLike, dst: PathLike, *, recursive: bool = True) -> None:
         """Copy a file (metadata only: blocks are shared by reference) or a directory tree."""
-        sattr = self._resolve(src)
+        with _about(src):
+            sattr = self._resolve(src)
         if sattr.is_dir:
             if not recursive:
-                raise fs_error(errno.EISDIR, paths.normalize(src))
+                raise _restated(FsError(errno.EISDIR), paths.shown(src))
             dst_n = paths.normalize(dst)
             src_n = paths.normalize(src)
             if dst_n == src_n or dst_n.startswith(src_n.rstrip("/") + "/"):
-                raise FsError(errno.EINVAL, f"cannot copy {src_n} into itself")
+                raise _restated(FsError(errno.EINVAL, f"cannot copy {src_n} into itself"), paths.shown(dst))
             self.mkdir(dst, mode=stat.S_IMODE(sattr.mode), exist_ok=True)
             for name, child, mode in self.meta.list_names(sattr.ino):
                 cs = paths.join(src_n, name)
@@ -382,21 +494,19 @@ class Nexus:
                     self.copy(cs, cd)
             return
         if not sattr.is_reg:
-            raise FsError(errno.EINVAL, f"{paths.normalize(src)}: only files and directories can be copied")
+            raise _restated(FsError(errno.EINVAL, "only files and directories can be copied"), paths.shown(src))
         # commit the source first so the clone sees everything written to it
         oi = self.vfs._open.get(sattr.ino)  # noqa: SLF001 - same package
         if oi is not None:
             self.vfs._commit(oi)  # noqa: SLF001
-        try:
-            dattr = self._resolve(dst)
+        with _about(dst):
+            if self.is_dir(dst):
+                dst = paths.join(paths.normalize(dst), paths.decode(paths.components(src)[0][-1]))
+            dattr = self._create_file(dst, stat.S_IMODE(sattr.mode), umask=0)
             if dattr.is_dir:
-                dst = paths.join(paths.normalize(dst), paths.split(src)[-1])
-                dattr = self._resolve(dst)
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise self._err(exc, dst) from None
-            parent, name = self._parent(dst)
-            dattr = self.vfs.create_node(parent.ino, name, stat.S_IFREG | stat.S_IMODE(sattr.mode), self.uid, self.gid)
+                raise FsError(errno.EISDIR)
+            if not dattr.is_reg:
+                raise FsError(errno.EINVAL, "not a regular file")
         if dattr.ino == sattr.ino:
             raise FsError(errno.EINVAL, f"{paths.normalize(src)} and {paths.normalize(dst)} are the same file")
         if dattr.ino in self.vfs._open:  # noqa: SLF001
@@ -405,52 +515,67 @@ class Nexus:
         self.meta.clone_content(sattr.ino, dattr.ino)
 
     def symlink(self, target: PathLike, path: PathLike) -> None:
-        parent, name = self._parent(path)
-        try:
+        with _about(path):
+            parent, name = self._new_name(path)
             self.vfs.create_node(parent.ino, name, stat.S_IFLNK | 0o777, self.uid, self.gid,
                                  target=paths.encode(paths.to_str(target)))
-        except FsError as exc:
-            raise self._err(exc, path) from None
+
+    def mknod(self, path: PathLike, mode: int, rdev: int = 0) -> None:
+        """Create a fifo, socket or device node (``mode`` holds the type and permission bits)."""
+        with _about(path):
+            if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+                raise FsError(errno.EINVAL, "mknod makes fifos, sockets and device nodes only")
+            parent, name = self._new_name(path)
+            self.vfs.create_node(parent.ino, name, stat.S_IFMT(mode) | (mode & ~self.umask & 0o7777),
+                                 self.uid, self.gid, rdev=rdev)
 
     def readlink(self, path: PathLike) -> str:
-        attr = self._resolve(path, follow=False)
-        if not attr.is_symlink:
-            raise FsError(errno.EINVAL, f"{paths.normalize(path)} is not a symbolic link")
-        return paths.decode(self.meta.readlink(attr.ino))
+        with _about(path):
+            attr = self._resolve(path, follow=False)
+            if not attr.is_symlink:
+                raise FsError(errno.EINVAL, "not a symbolic link")
+            return paths.decode(self.meta.readlink(attr.ino))
 
     def link(self, src: PathLike, dst: PathLike) -> None:
-        attr = self._resolve(src, follow=False)
-        parent, name = self._parent(dst)
-        try:
+        with _about(src):
+            attr = self._resolve(src, follow=False)
+        with _about(dst):
+            parent, name = self._new_name(dst)
             self.vfs.link(attr.ino, parent.ino, name)
-        except FsError as exc:
-            raise self._err(exc, dst) from None
 
     def chmod(self, path: PathLike, mode: int) -> None:
-        self.vfs.setattr(self._resolve(path).ino, mode=mode)
+        with _about(path):
+            self.vfs.setattr(self._resolve(path).ino, mode=mode)
 
     def chown(self, path: PathLike, uid: int = -1, gid: int = -1) -> None:
-        self.vfs.setattr(self._resolve(path).ino, uid=uid, gid=gid)
+        with _about(path):
+            self.vfs.setattr(self._resolve(path).ino, uid=uid, gid=gid)
 
     def utime(self, path: PathLike, times_ns: tuple[int, int] | None = None) -> None:
         """Set (atime_ns, mtime_ns); None means now."""
         at, mt = times_ns if times_ns is not None else (TIME_NOW, TIME_NOW)
-        self.vfs.setattr(self._resolve(path).ino, atime_ns=at, mtime_ns=mt)
+        with _about(path):
+            self.vfs.setattr(self._resolve(path).ino, atime_ns=at, mtime_ns=mt)
 
     def truncate(self, path: PathLike, size: int) -> None:
-        self.vfs.truncate(self._resolve(path).ino, size)
+        with _about(path):
+            self.vfs.truncate(self._resolve(path).ino, size)
 
     def getxattr(self, path: PathLike, name: str) -> bytes:
-        return self.meta.getxattr(self._resolve(path).ino, paths.encode(name))
+        with _about(path):
+            return self.meta.getxattr(self._resolve(path).ino, paths.encode(name))
 
     def setxattr(self, path: PathLike, name: str, value: bytes, flags: int = 0) -> None:
-        self.meta.setxattr(self._resolve(path).ino, paths.encode(name), value, flags)
+        with _about(path):
+            self.meta.setxattr(self._resolve(path).ino, paths.encode(name), value, flags)
 
     def listxattr(self, path: PathLike) -> list[str]:
-        return [paths.decode(n) for n in self.meta.listxattr(self._resolve(path).ino)]
+        with _about(path):
+            return [paths.decode(n) for n in self.meta.listxattr(self._resolve(path).ino)]
 
     def removexattr(self, path: PathLike, name: str) -> None:
-        self.meta.removexattr(self._resolve(path).ino, paths.encode(name))
+        with _about(path):
+            self.meta.removexattr(self._resolve(path).ino, paths.encode(name))
 
     # ------------------------------------------------------------- listing
     def listdir(self, path: PathLike = "/") -> list[str]:
@@ -459,13 +584,11 @@ class Nexus:
         return [paths.decode(n) for n, _i, _m in self.meta.list_names(attr.ino)]
 
     def _dir(self, path: PathLike) -> Attr:
-        try:
+        with _about(path):
             attr = self._resolve(path)
-        except FsError as exc:
-            raise self._err(exc, path) from None
-        if not attr.is_dir:
-            raise fs_error(errno.ENOTDIR, paths.normalize(path))
-        return attr
+            if not attr.is_dir:
+                raise FsError(errno.ENOTDIR)
+            return attr
 
     @overload
     def list(self, path: PathLike = "/", *, recursive: bool = False, attrs: Literal[False] = False) -> list[str]: ...
@@ -481,7 +604,7 @@ class Nexus:
     def walk(self, path: PathLike = "/", *, recursive: bool = True, attrs: bool = False) -> Iterator[Any]:
         """Yield every path below ``path`` (depth first, unsorted), as str or FileInfo."""
         top = self._dir(path)
-        base = paths.normalize(path)
+        base = self._shown_path(path, top)
         stack = [(base, top.ino)]
         while stack:
             dpath, dino = stack.pop()
@@ -524,17 +647,12 @@ class Nexus:
         touched: list[int] = []
         with self.meta.db.transaction():
             for p, (size, _futs, inline) in staged.items():
-                if parents:
-                    self.mkdir(paths.normalize(p).rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
-                try:
-                    attr = self._resolve(p)
-                except FsError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
-                    parent, name = self._parent(p)
-                    attr = self.vfs.create_node(parent.ino, name, stat.S_IFREG | (0o666 & ~self.umask), self.uid, self.gid)
-                if not attr.is_reg:
-                    raise fs_error(errno.EISDIR if attr.is_dir else errno.EINVAL, paths.normalize(p))
+                with _about(p):
+                    if parents:
+                        self._make_parents(paths.components(p)[0], 0o755)
+                    attr = self._create_file(p, 0o666)
+                    if not attr.is_reg:
+                        raise FsError(errno.EISDIR if attr.is_dir else errno.EINVAL)
                 blocks = refs[p]
                 changed = {} if blocks is None else {i: (r.id if r else None) for i, r in blocks.items()}
                 t = _now()
@@ -603,12 +721,10 @@ class Nexus:
             compile_pattern(pattern, opts)
         except ValueError as exc:
             raise FsError(errno.EINVAL, str(exc)) from None
-        try:
+        with _about(root):
             attr = self._resolve(root)
-        except FsError as exc:
-            raise self._err(exc, root) from None
         self.vfs.sync_open_files()
-        return self.store.searcher.grep(pattern, attr.ino, paths.normalize(root), opts, max_count)
+        return self.store.searcher.grep(pattern, attr.ino, self._shown_path(root, attr), opts, max_count)
 
     def search(self, query: str, root: PathLike = "/", *, k: int = 10) -> SearchResults:
         """Files (and line ranges) under ``root`` ranked by meaning and wording for ``query``.
@@ -617,13 +733,8 @@ class Nexus:
         """
         if not query.strip():
             raise FsError(errno.EINVAL, "empty search query")
-        try:
-            attr = self._resolve(root)
-        except FsError as exc:
-            raise self._err(exc, root) from None
-        if not attr.is_dir:
-            raise fs_error(errno.ENOTDIR, paths.normalize(root))
-        return self.store.searcher.search(query, paths.normalize(root), k)
+        attr = self._dir(root)
+        return self.store.searcher.search(query, self._shown_path(root, attr), k)
 
     # ---------------------------------------------------------------- index
     def index_status(self) -> IndexStatus:

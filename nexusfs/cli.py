@@ -9,7 +9,11 @@ anything, so a mistyped ``--home`` does not leave a store behind: they say there
 is none. ``nexus init`` creates a store with chosen settings.
 
 Errors are reported as one line, ``nexus: error: <message>``, with exit status 1
-(``grep`` uses 2, like grep). ``NEXUS_DEBUG=1`` shows the traceback instead.
+(``grep`` and ``glob`` use 2, like grep). A usage error (an unknown option, a
+missing argument) is one such line too, with exit status 2 as click gives it.
+When the reader of the output goes away (``nexus grep ... | head``) the command
+stops quietly, ended by SIGPIPE as grep is. ``NEXUS_DEBUG=1`` shows the traceback
+instead.
 
 Higher layers add sub-commands through the ``nexusfs.commands`` entry-point
 group (``mount``, ``umount``). They are loaded only when listed or run, and one
@@ -21,12 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
+import grp
+import io
 import json
 import os
+import pwd
+import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import IO, Any, NoReturn
 
@@ -35,9 +44,16 @@ import click
 from . import __version__, paths
 from .config import parse_duration
 from .errors import FsError, NexusError
+from .localcopy import (
+    Getter,
+    NamedSink,
+    Putter,
+    copy_stream,
+    local_tree_bytes,
+    open_local_for_write,
+)
 
 PLUGIN_GROUP = "nexusfs.commands"
-CHUNK = 1 << 20
 #: the commands that create the store on first use: those that put something into it
 COMMANDS_THAT_CREATE = frozenset({"init", "put", "write", "mkdir", "import"})
 
@@ -67,7 +83,56 @@ class CliError(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"nexus: error: {self.message}", err=True)
+        _error_line(self.message)
+
+
+def _error_line(message: str) -> None:
+    """Print ``nexus: error: <message>`` on stderr (names that are not UTF-8 as their bytes)."""
+    click.echo(f"nexus: error: {message}".encode("utf-8", "surrogateescape"), err=True)
+
+
+def usage_error(exc: click.UsageError) -> CliError:
+    """A click usage error as one ``nexus: error:`` line (exit status 2, as click gives it).
+
+    Click would print the usage, a hint and ``Error: ...`` on three lines; the
+    command's ``--help`` is named instead.
+    """
+    ctx = exc.ctx
+    where = ctx.command_path.split(" ", 1)[1] if ctx is not None and " " in ctx.command_path else ""
+    message = exc.format_message().rstrip(".")
+    if where:
+        message = f"{where}: {message} (see `nexus {where} --help`)"
+    else:
+        message = f"{message} (see `nexus --help`)"
+    return CliError(message, exc.exit_code)
+
+
+#: set when stdout's reader went away; main() then ends the process by SIGPIPE
+_pipe_broken = False
+
+
+def _broken_pipe() -> NoReturn:
+    """The reader of stdout is gone (`nexus grep ... | head`): stop quietly, as grep does.
+
+    Whatever is still buffered for stdout goes to /dev/null, so nothing
+    complains at exit; :func:`main` then lets SIGPIPE end the process, the way
+    it ends grep or cat (the shell sees status 141).
+    """
+    global _pipe_broken
+    _pipe_broken = True
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (click's test runner)
+    raise click.exceptions.Exit(128 + signal.SIGPIPE)
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """stdout's reader went away (an EPIPE that names no file: a fifo's would)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.EPIPE and not isinstance(exc, FsError)
+            and exc.filename is None)
 
 
 def _state(ctx: click.Context | None = None) -> State:
@@ -171,6 +236,15 @@ class NexusGroup(click.Group):
         self._loaded[cmd_name] = obj
         return obj
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # the global options
+            raise usage_error(exc) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         st = _state(ctx)
         try:
@@ -184,6 +258,10 @@ class NexusGroup(click.Group):
                 raise
             st.close()
             return rv
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a command's options and arguments, plugins' too
+            raise usage_error(exc) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
@@ -192,10 +270,10 @@ class NexusGroup(click.Group):
             click.echo("nexus: interrupted", err=True)
             raise click.exceptions.Exit(130) from None
         except Exception as exc:
+            if _is_broken_pipe(exc):
+                _broken_pipe()
             if os.environ.get("NEXUS_DEBUG") == "1":
                 raise
-            if isinstance(exc, OSError) and exc.errno == errno.EPIPE and not isinstance(exc, FsError):
-                raise  # click turns a closed pipe into a quiet exit
             msg = describe_error(exc)
             if msg is None:
                 msg = (f"internal error ({type(exc).__name__}: {exc}); "
@@ -323,7 +401,14 @@ def cli(ctx: click.Context, home: str | None, config_file: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="nexus")
+    global _pipe_broken
+    _pipe_broken = False
+    try:
+        cli.main(args=argv, prog_name="nexus")
+    finally:
+        if _pipe_broken:
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGPIPE)
 
 
 # -------------------------------------------------------------------- init
@@ -402,6 +487,15 @@ def info(as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------- ls
+@functools.lru_cache(maxsize=512)
+def owner_name(number: int, *, group: bool = False) -> str:
+    """The user (or group) name of ``number``, as ``ls -l`` shows it; the number when it has none."""
+    try:
+        return grp.getgrgid(number).gr_name if group else pwd.getpwuid(number).pw_name
+    except (KeyError, OverflowError):
+        return str(number)
+
+
 def _long_lines(entries: list[tuple[str, Any]]) -> list[str]:
     cols = []
     for name, fi in entries:
@@ -410,7 +504,7 @@ def _long_lines(entries: list[tuple[str, Any]]) -> list[str]:
         else:
             size = str(fi.size)
         link = f" -> {fi.target}" if fi.target is not None else ""
-        cols.append((stat.filemode(fi.mode), str(fi.nlink), str(fi.uid), str(fi.gid), size,
+        cols.append((stat.filemode(fi.mode), str(fi.nlink), owner_name(fi.uid), owner_name(fi.gid, group=True), size,
                      _mtime(fi.mtime_ns), name + link))
     if not cols:
         return []
@@ -432,7 +526,7 @@ def ls_cmd(long: bool, recursive: bool, show_all: bool, path: str) -> None:
     if not fi.is_dir:
         out(_long_lines([(path, fi)])[0] if long else path)
         return
-    todo = [paths.normalize(path)]
+    todo = [fi.path]  # where the path led ('/l/..' after a symlink is its target's parent)
     first = True
     while todo:
         d = todo.pop()
@@ -452,22 +546,45 @@ def ls_cmd(long: bool, recursive: bool, show_all: bool, path: str) -> None:
 
 
 # --------------------------------------------------------------------- cat
+class _Failures:
+    """Errors of a command that goes on after one: each is one line; exit 1 at the end if any."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def report(self, exc: BaseException) -> None:
+        msg = describe_error(exc)
+        if msg is None or os.environ.get("NEXUS_DEBUG") == "1" or _is_broken_pipe(exc):
+            raise exc
+        _error_line(msg)
+        self.failed = True
+
+    def exit_if_any(self) -> None:
+        if self.failed:
+            raise click.exceptions.Exit(1)
+
+
 def _each(items: tuple[str, ...], fn: Callable[[str], None]) -> None:
     """Run ``fn`` on each item; report failures one line each and exit 1 at the end if any failed."""
-    failed = False
+    failures = _Failures()
     for item in items:
         try:
             fn(item)
-        except Exception as exc:
-            msg = describe_error(exc)
-            if msg is None or os.environ.get("NEXUS_DEBUG") == "1":
-                raise
-            if isinstance(exc, OSError) and exc.errno == errno.EPIPE and not isinstance(exc, FsError):
-                raise
-            click.echo(f"nexus: error: {msg}", err=True)
-            failed = True
-    if failed:
-        raise click.exceptions.Exit(1)
+        except Exception as exc:  # noqa: BLE001 - reported (or re-raised) by report()
+            failures.report(exc)
+    failures.exit_if_any()
+
+
+def _stdout_sink() -> NamedSink:
+    """Standard output as a byte stream whose errors say 'standard output' (a closed pipe stays quiet)."""
+    return NamedSink(_binary("stdout"), "standard output", pipe_quiet=True)
+
+
+def _to_stdout(nx: Any, path: str) -> None:
+    stdout = _stdout_sink()
+    with nx.open(path, "rb") as f:
+        copy_stream(f.read, stdout.write)
+    stdout.flush()
 
 
 @cli.command()
@@ -475,208 +592,84 @@ def _each(items: tuple[str, ...], fn: Callable[[str], None]) -> None:
 def cat(paths_: tuple[str, ...]) -> None:
     """Print files."""
     nx = open_store()
-    stdout = _binary("stdout")
-
-    def one(p: str) -> None:
-        with nx.open(p, "rb") as f:
-            while True:
-                chunk = f.read(CHUNK)
-                if not chunk:
-                    break
-                stdout.write(chunk)
-        stdout.flush()
-
-    _each(paths_, one)
+    _each(paths_, lambda p: _to_stdout(nx, p))
 
 
 # ----------------------------------------------------------------- put/get
-def _local_walk(top: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(local path, path relative to top, lstat) of everything below ``top``, parents first."""
-    stack = [(top, "")]
-    while stack:
-        d, rel = stack.pop()
-        with os.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        subdirs = []
-        for e in entries:
-            st = e.stat(follow_symlinks=False)
-            r = f"{rel}/{e.name}"
-            yield e.path, r, st
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append((e.path, r))
-        stack.extend(reversed(subdirs))
+_COPY_RULES = """
+    Symlinks are copied as symlinks, also when the source is one (-L follows
+    that one), like cp -R and rsync -a; hard links, fifos, device nodes, modes and
+    times are kept. If the destination is an existing directory, the source goes
+    inside it. What is in the way is treated as cp treats it: an existing file
+    is written in place (inode, links and mode kept), a symlink is followed, a
+    fifo or device is written to (never removed), a read-only file is refused
+    unless --force. Each refusal is reported and the rest is still copied
+    (exit 1 at the end).
+"""
 
 
-def _put_file(nx: Any, local: str, dest: str, st: os.stat_result, bar: Any) -> None:
-    with open(local, "rb") as src, nx.open(dest, "wb", mode_bits=stat.S_IMODE(st.st_mode)) as dst:
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            dst.write(chunk)
-            bar.update(len(chunk))
-    nx.chmod(dest, stat.S_IMODE(st.st_mode))
-    nx.utime(dest, (st.st_atime_ns, st.st_mtime_ns))
-
-
-def _replace_nondir(nx: Any, dest: str) -> None:
+def _make_parents(nx: Any, path: str) -> None:
+    """Create the missing directories above ``path`` in the store; an error names ``path`` itself."""
+    parent = paths.normalize(path).rsplit("/", 1)[0] or "/"
     try:
-        fi = nx.stat(dest, follow_symlinks=False)
+        nx.mkdir(parent, parents=True, exist_ok=True)
     except FsError as exc:
-        if exc.errno == errno.ENOENT:
-            return
-        raise
-    if fi.is_dir:
-        raise FsError(errno.EISDIR, f"{dest}: Is a directory")
-    nx.delete(dest)
+        raise FsError(exc.errno, f"{paths.shown(path)}: {os.strerror(exc.errno)}") from None
 
 
-@cli.command()
+@cli.command(help="Copy a local file or directory tree into the store.\n" + _COPY_RULES)
+@click.option("-L", "--dereference", is_flag=True,
+              help="If LOCAL is a symlink, copy what it points to (symlinks inside a tree stay symlinks).")
+@click.option("-f", "--force", is_flag=True, help="Replace read-only files in the way.")
 @click.argument("local", type=click.Path(exists=False))
 @click.argument("nexuspath")
-def put(local: str, nexuspath: str) -> None:
-    """Copy a local file or directory tree into the store.
-
-    Directories are copied recursively with symlinks (as symlinks), hard
-    links, modes and times. If NEXUSPATH is an existing directory, LOCAL goes
-    inside it (like cp); missing parent directories are created.
-    """
+def put(dereference: bool, force: bool, local: str, nexuspath: str) -> None:
     nx = open_store()
-    st = os.stat(local)  # LOCAL itself may be a symlink: it is followed (symlinks inside are kept)
-    dest = paths.normalize(nexuspath)
-    if nx.is_dir(dest):
+    st = os.stat(local) if dereference else os.lstat(local)
+    dest = nexuspath
+    if nx.is_dir(nexuspath):
         name = os.path.basename(os.path.normpath(os.path.abspath(local)))
         if name:
-            dest = paths.join(dest, name)
-    if dest != "/":
-        nx.mkdir(dest.rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
-    if stat.S_ISREG(st.st_mode):
-        with progress_bar(st.st_size, desc=_basename(dest)) as bar:
-            _put_file(nx, local, dest, st, bar)
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        _fail(f"{local}: only files, symlinks and directories can be copied")
-    total = None
-    if _stderr_tty():
-        total = sum(s.st_size for _p, _r, s in _local_walk(local) if stat.S_ISREG(s.st_mode))
-    nx.mkdir(dest, exist_ok=True, mode=stat.S_IMODE(st.st_mode))
-    dirs = [(dest, st)]
-    links: dict[tuple[int, int], str] = {}
-    with progress_bar(total, desc="put") as bar:
-        for lpath, rel, s in _local_walk(local):
-            target = dest.rstrip("/") + rel
-            if stat.S_ISDIR(s.st_mode):
-                if not nx.is_dir(target):
-                    _replace_nondir(nx, target)
-                    nx.mkdir(target, mode=stat.S_IMODE(s.st_mode))
-                dirs.append((target, s))
-            elif stat.S_ISLNK(s.st_mode):
-                _replace_nondir(nx, target)
-                nx.symlink(os.readlink(lpath), target)
-            elif stat.S_ISREG(s.st_mode):
-                key = (s.st_dev, s.st_ino)
-                if s.st_nlink > 1 and key in links:
-                    _replace_nondir(nx, target)
-                    nx.link(links[key], target)
-                    continue
-                _replace_nondir(nx, target)
-                _put_file(nx, lpath, target, s, bar)
-                if s.st_nlink > 1:
-                    links[key] = target
-            else:
-                click.echo(f"nexus: warning: skipping special file {lpath}", err=True)
-    for d, s in reversed(dirs):
-        nx.chmod(d, stat.S_IMODE(s.st_mode))
-        nx.utime(d, (s.st_atime_ns, s.st_mtime_ns))
+            dest = paths.join(nx.stat(nexuspath).path, name)
+    else:
+        _make_parents(nx, nexuspath)
+    total = st.st_size if stat.S_ISREG(st.st_mode) else None
+    if stat.S_ISDIR(st.st_mode) and _stderr_tty():
+        total = local_tree_bytes(local)
+    failures = _Failures()
+    with progress_bar(total, desc=_basename(dest)) as bar:
+        putter = Putter(nx, failures.report, force=force, progress=bar.update)
+        putter.copy((local, st), dest)
+        putter.finish()
+    failures.exit_if_any()
 
 
-def _get_file(nx: Any, src: str, local: str, fi: Any, bar: Any) -> None:
-    if os.path.lexists(local) and not os.path.isdir(local):
-        os.unlink(local)
-    with nx.open(src, "rb") as f, open(local, "wb") as dst:
-        while True:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                break
-            dst.write(chunk)
-            bar.update(len(chunk))
-    os.chmod(local, fi.permissions)
-    os.utime(local, ns=(fi.atime_ns, fi.mtime_ns))
-
-
-@cli.command()
+@cli.command(help="Copy a file or directory tree out of the store ('-' for stdout).\n" + _COPY_RULES)
+@click.option("-L", "--dereference", is_flag=True,
+              help="If NEXUSPATH is a symlink, copy what it points to (symlinks inside a tree stay symlinks).")
+@click.option("-f", "--force", is_flag=True, help="Replace read-only files in the way.")
 @click.argument("nexuspath")
 @click.argument("local", type=click.Path())
-def get(nexuspath: str, local: str) -> None:
-    """Copy a file or directory tree out of the store ('-' for stdout).
-
-    Directories are copied recursively with symlinks, hard links, modes and
-    times. If LOCAL is an existing directory, the copy goes inside it (like cp).
-    """
+def get(dereference: bool, force: bool, nexuspath: str, local: str) -> None:
     nx = open_store()
-    src = paths.normalize(nexuspath)
-    fi = nx.stat(src)
     if local == "-":
-        if fi.is_dir:
-            _fail(f"{src} is a directory: it cannot be written to stdout")
-        stdout = _binary("stdout")
-        with nx.open(src, "rb") as f:
-            while chunk := f.read(CHUNK):
-                stdout.write(chunk)
-        stdout.flush()
+        if nx.stat(nexuspath).is_dir:
+            _fail(f"{paths.shown(nexuspath)} is a directory: it cannot be written to stdout")
+        _to_stdout(nx, nexuspath)
         return
+    fi = nx.stat(nexuspath, follow_symlinks=dereference)
     dest = local
-    if os.path.isdir(local) and _basename(src):
-        dest = os.path.join(local, _basename(src))
-    if fi.is_file:
-        with progress_bar(fi.size, desc=_basename(src)) as bar:
-            _get_file(nx, src, dest, fi, bar)
-        return
-    if not fi.is_dir:
-        _fail(f"{src}: only files and directories can be copied out")
-    tree = list(nx.walk(src, attrs=True)) if _stderr_tty() else None
-    total = sum(i.size for i in tree if i.is_file) if tree is not None else None
-    os.makedirs(dest, exist_ok=True)
-    dirs = [(dest, fi)]
-    links: dict[int, str] = {}
-    with progress_bar(total, desc="get") as bar:
-        stack = [(src, dest)]
-        while stack:
-            sdir, ldir = stack.pop()
-            entries = sorted(nx.list(sdir, attrs=True), key=lambda e: e.path)
-            subdirs = []
-            for e in entries:
-                target = os.path.join(ldir, os.fsdecode(paths.encode(_basename(e.path))))
-                if e.is_dir:
-                    if os.path.lexists(target) and not os.path.isdir(target):
-                        os.unlink(target)
-                    os.makedirs(target, exist_ok=True)
-                    dirs.append((target, e))
-                    subdirs.append((e.path, target))
-                elif e.type == "symlink":
-                    if os.path.lexists(target):
-                        os.unlink(target)
-                    os.symlink(e.target, target)
-                elif e.is_file:
-                    if e.nlink > 1 and e.ino in links:
-                        if os.path.lexists(target):
-                            os.unlink(target)
-                        os.link(links[e.ino], target)
-                        continue
-                    _get_file(nx, e.path, target, e, bar)
-                    if e.nlink > 1:
-                        links[e.ino] = target
-                elif e.type == "fifo":
-                    if os.path.lexists(target):
-                        os.unlink(target)
-                    os.mkfifo(target, e.permissions)
-                    os.utime(target, ns=(e.atime_ns, e.mtime_ns))
-                else:
-                    click.echo(f"nexus: warning: skipping {e.type} {e.path}", err=True)
-            stack.extend(reversed(subdirs))
-    for d, i in reversed(dirs):
-        os.chmod(d, i.permissions)
-        os.utime(d, ns=(i.atime_ns, i.mtime_ns))
+    if os.path.isdir(local) and _basename(fi.path):
+        dest = os.path.join(local, os.fsdecode(paths.encode(_basename(fi.path))))
+    total = fi.size if fi.is_file else None
+    if fi.is_dir and _stderr_tty():
+        total = sum(i.size for i in nx.walk(fi.path, attrs=True) if i.is_file)
+    failures = _Failures()
+    with progress_bar(total, desc=_basename(fi.path) or "get") as bar:
+        getter = Getter(nx, failures.report, force=force, progress=bar.update)
+        getter.copy(fi, dest)
+        getter.finish()
+    failures.exit_if_any()
 
 
 # ------------------------------------------------------------------- write
@@ -687,15 +680,8 @@ def get(nexuspath: str, local: str) -> None:
 def write(append: bool, parents: bool, nexuspath: str) -> None:
     """Write standard input to a file in the store (streaming)."""
     nx = open_store()
-    if parents:
-        nx.mkdir(paths.normalize(nexuspath).rsplit("/", 1)[0] or "/", parents=True, exist_ok=True)
-    stdin = _binary("stdin")
-    with nx.open(nexuspath, "ab" if append else "wb") as f:
-        while True:
-            chunk = stdin.read(CHUNK)
-            if not chunk:
-                break
-            f.write(chunk)
+    with nx.open(nexuspath, "ab" if append else "wb", parents=parents) as f:
+        copy_stream(_binary("stdin").read, f.write)
 
 
 # --------------------------------------------------------------- namespace
@@ -719,7 +705,7 @@ def rm(recursive: bool, force: bool, paths_: tuple[str, ...]) -> None:
         if fi is None:
             return
         if fi.is_dir and not recursive:
-            raise FsError(errno.EISDIR, f"{paths.normalize(p)}: Is a directory (use -r)")
+            raise FsError(errno.EISDIR, f"{paths.shown(p)}: Is a directory (use -r)")
         nx.delete(p, recursive=recursive, missing_ok=force)
 
     _each(paths_, one)
@@ -761,7 +747,7 @@ def cp(recursive: bool, src: str, dst: str) -> None:
     fi = nx.stat(src)
     if fi.is_dir:
         if not recursive:
-            _fail(f"{paths.normalize(src)} is a directory (use -r)")
+            _fail(f"{paths.shown(src)} is a directory (use -r)")
         if nx.is_dir(dst):
             dst = paths.join(paths.normalize(dst), _basename(src))
     nx.copy(src, dst, recursive=recursive)
@@ -814,8 +800,11 @@ def stat_cmd(dereference: bool, as_json: bool, path: str) -> None:
 @click.argument("pattern")
 @click.argument("directory", default="/")
 def glob(pattern: str, directory: str) -> None:
-    """Paths matching a glob (*, ?, [...], **) under DIRECTORY; exit 1 if none."""
+    """Paths matching a glob (*, ?, [...], **) under DIRECTORY; exit 1 if none, 2 on error."""
+    _state().error_code = 2
     nx = open_store()
+    if not nx.stat(directory).is_dir:  # a missing DIRECTORY is an error, as for grep
+        raise FsError(errno.ENOTDIR, f"{paths.shown(directory)}: Not a directory")
     found = nx.glob(pattern, directory)
     for p in found:
         out(p)
@@ -831,10 +820,12 @@ def glob(pattern: str, directory: str) -> None:
 @click.option("-l", "--files-with-matches", "files_only", is_flag=True, help="Print only the names of matching files.")
 @click.option("-c", "--count", is_flag=True, help="Print the number of matching lines per file.")
 @click.option("-n", "--line-number", "line_numbers", is_flag=True, help="Prefix lines with their number.")
+@click.option("-r", "-R", "--recursive", "_recursive", is_flag=True,
+              help="Accepted and ignored: directories are always searched recursively.")
 @click.argument("pattern")
 @click.argument("directory", default="/")
 def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: bool, count: bool,
-         line_numbers: bool, pattern: str, directory: str) -> None:
+         line_numbers: bool, _recursive: bool, pattern: str, directory: str) -> None:
     """Search file contents like `grep -r`; exit 0 if found, 1 if not, 2 on error."""
     _state().error_code = 2
     nx = open_store()
@@ -973,21 +964,28 @@ def gc(grace: str | None) -> None:
 # ---------------------------------------------------------- export/import
 @cli.command("export")
 @click.option("--with-data", is_flag=True, help="Include the content of every block (for a store that shares no blobs).")
-@click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
+@click.option("-f", "--force", is_flag=True, help="Replace FILE if it is read-only.")
 @click.argument("path", default="/")
-def export_cmd(with_data: bool, output: str | None, path: str) -> None:
-    """Write PATH's tree as JSON Lines (see nexusfs.transfer for the format)."""
+def export_cmd(with_data: bool, output: str | None, force: bool, path: str) -> None:
+    """Write PATH's tree as JSON Lines (see nexusfs.transfer for the format).
+
+    FILE is written as cp writes a file: a symlink is followed, an existing file
+    is written in place, a fifo or device is written to, a read-only file is
+    refused unless --force.
+    """
     from .transfer import export_tree
 
     nx = open_store()
+    nx.stat(path)  # a missing PATH leaves FILE alone
     with progress_bar(unit="entries", desc="export") as bar:
         tick = _phase_progress(bar)
         if output is None or output == "-":
-            stats = export_tree(nx, _binary("stdout"), path, with_data=with_data,
-                                progress=tick)
+            stats = export_tree(nx, _stdout_sink(), path, with_data=with_data, progress=tick)
         else:
-            with open(output, "wb") as f:
-                stats = export_tree(nx, f, path, with_data=with_data, progress=tick)
+            sink, _created = open_local_for_write(output, force=force, mode=0o666 & ~nx.umask)
+            with sink:
+                stats = export_tree(nx, sink, path, with_data=with_data, progress=tick)
     if output not in (None, "-") or _stderr_tty():
         click.echo(f"exported {stats.entries} entries"
                    + (f", {stats.objects} objects ({human(stats.object_bytes)})" if with_data else ""),

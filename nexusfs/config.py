@@ -32,6 +32,18 @@ def parse_size(value: object, what: str = "size") -> int:
     return int(float(m.group(1)) * mult)
 
 
+def format_size(n: int) -> str:
+    """A size as a person writes it ('3MiB', '64KiB'), in bytes when no unit divides it."""
+    for unit, mult in (("TiB", GiB << 10), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n and n % mult == 0:
+            return f"{n // mult}{unit}"
+    return f"{n} bytes"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:g}s"
+
+
 def parse_duration(value: object, what: str = "duration") -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -94,6 +106,8 @@ class Config:
     search_results_max: int = 256 * MiB
     #: where the config came from, for messages
     source: str = "defaults"
+    #: how messages name each setting read from a file ('nexus.yaml: threads'); others by their name
+    labels: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.home = os.path.abspath(os.path.expanduser(self.home))
@@ -104,54 +118,85 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        if not (64 * KiB <= self.block_size <= 64 * MiB) or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block_size must be a power of two between 64KiB and 64MiB, not {self.block_size}")
-        if not (0 <= self.inline_max <= min(self.block_size, 1 * MiB)):
-            raise ConfigError("inline_max must be between 0 and min(block_size, 1MiB)")
+        """Check every setting; the message names the setting (and the file it came from) and its value."""
+        bs = self.block_size
+        if not (64 * KiB <= bs <= 64 * MiB) or bs & (bs - 1):
+            self._bad("block_size", f"must be a power of two between 64KiB and 64MiB, not {format_size(bs)}")
+        limit = min(bs, 1 * MiB)
+        if not 0 <= self.inline_max <= limit:
+            self._bad("inline_max", f"must be between 0 and {format_size(limit)}"
+                      f"{' (the block size)' if limit < MiB else ''}, not {format_size(self.inline_max)}")
         if self.compression not in ("zstd", "none"):
-            raise ConfigError(f"compression must be zstd or none, not {self.compression!r}")
+            self._bad("compression", f"must be zstd or none, not {self.compression!r}")
         if not 0 <= self.group_commit <= 1:
-            raise ConfigError(f"group_commit must be between 0 and 1s, not {self.group_commit}s")
+            self._bad("group_commit", f"must be between 0 and 1s, not {_seconds(self.group_commit)}")
         if self.threads < 1:
-            raise ConfigError("threads must be at least 1")
+            self._bad("threads", f"must be at least 1, not {self.threads}")
         if self.search_timeout < 0:
-            raise ConfigError(f"search_timeout must be 0 (no limit) or more, not {self.search_timeout}s")
+            self._bad("search_timeout", f"must be 0 (no limit) or more, not {_seconds(self.search_timeout)}")
         if self.search_results_max < 64 * KiB:
-            raise ConfigError(f"search_results_max must be at least 64KiB, not {self.search_results_max}")
+            self._bad("search_results_max", f"must be at least 64KiB, not {format_size(self.search_results_max)}")
         if self.dirty_limit < 64 * KiB:
-            raise ConfigError(f"dirty_limit must be at least 64KiB, not {self.dirty_limit}")
+            self._bad("dirty_limit", f"must be at least 64KiB, not {format_size(self.dirty_limit)}")
         # (that it holds a whole block is checked when the store, and so its block size, is open)
+        if self.cache_size < 0:
+            self._bad("cache_size", f"must not be negative, not {self.cache_size}")
+        if self.readahead_blocks < 0:
+            self._bad("readahead_blocks", f"must not be negative, not {self.readahead_blocks}")
+        if self.gc_grace < 0:
+            self._bad("gc_grace", f"must not be negative, not {_seconds(self.gc_grace)}")
+
+    def label(self, name: str) -> str:
+        """How a message names setting ``name``: 'nexus.yaml: threads' if it was read from that file."""
+        return self.labels.get(name, name)
+
+    def _bad(self, name: str, problem: str) -> None:
+        raise ConfigError(f"{self.label(name)} {problem}")
 
     @classmethod
     def load(cls, path: str | None = None, *, home: str | None = None, **overrides: object) -> Config:
         """Read ``path`` (YAML) if given, then apply ``home`` and ``overrides``."""
-        values: dict[str, object] = {}
+        values: dict[object, object] = {}
+        labels: dict[str, str] = {}
         source = "defaults"
         if path:
             values = _read_yaml(path)
             source = path
+            labels = {_name(k): f"{path}: {_name(k)}" for k in values}
             base = os.path.dirname(os.path.abspath(path))
             if "home" in values:
                 values["home"] = os.path.join(base, os.path.expanduser(str(values["home"])))
         if home:
             values["home"] = home
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values, source)
+            labels.pop("home", None)
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+                labels.pop(_name(key), None)  # a keyword argument is named as it is
+        return cls.from_dict(values, source, labels)
 
     @classmethod
-    def from_dict(cls, values: dict[str, object], source: str = "defaults") -> Config:
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, object] = {"source": source}
+    def from_dict(cls, values: dict[object, object], source: str = "defaults",
+                  labels: dict[str, str] | None = None) -> Config:
+        """A config from raw settings; ``labels`` says how messages name each (default: by its name)."""
+        labels = dict(labels or {})
+        known = {f.name for f in fields(cls)} - {"source", "labels"}
+        kwargs: dict[str, object] = {"source": source, "labels": labels}
         for key, raw in values.items():
-            name = key.replace("-", "_")
-            if name not in known or name == "source":
-                raise ConfigError(f"{source}: unknown setting {key!r}")
-            kwargs[name] = _coerce(name, raw, source)
+            name = _name(key)
+            if name not in known:
+                prefix = f"{source}: " if name in labels else ""  # labelled: read from that file
+                raise ConfigError(f"{prefix}unknown setting {str(key)!r}")
+            kwargs[name] = _coerce(name, raw, labels.get(name, name))
         return cls(**kwargs)  # type: ignore[arg-type]
 
 
-def _coerce(name: str, raw: object, source: str) -> object:
-    what = f"{source}: {name}"
+def _name(key: object) -> str:
+    """The field name of a setting as written ('block-size' and 'block_size' alike)."""
+    return str(key).replace("-", "_")
+
+
+def _coerce(name: str, raw: object, what: str) -> object:
     if name in ("block_size", "inline_max", "cache_size", "dirty_limit", "search_results_max"):
         return parse_size(raw, what)
     if name in ("gc_grace", "group_commit", "search_timeout"):
@@ -174,16 +219,28 @@ def _coerce(name: str, raw: object, source: str) -> object:
     return str(raw)
 
 
-def _read_yaml(path: str) -> dict[str, object]:
+def _read_yaml(path: str) -> dict[object, object]:
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text "
+                          f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise ConfigError(f"config file {path} is not valid YAML "
+                          f"(line {line}: control character 0x{ord(char):02x})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

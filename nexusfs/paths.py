@@ -48,3 +48,26 @@ def decode(name: bytes) -> str:
 def join(parent: str, name: bytes | str) -> str:
     n = decode(name) if isinstance(name, bytes) else name
     return ("" if parent == "/" else parent) + "/" + n
+
+
+def components(path: PathLike) -> tuple[list[bytes], bool]:
+    """The names a path walks through, as the kernel walks them, and whether it must end at a directory.
+
+    Unlike :func:`normalize`, nothing is resolved lexically: '.' and '..' stay
+    (``/dir/file/..`` is an error, and '..' after a symlink is the parent of its
+    target), and a trailing '/' means the last name must be a directory. The
+    empty path names nothing (ENOENT), as for the kernel.
+    """
+    raw = encode(to_str(path))
+    if b"\0" in raw:
+        raise FsError(errno.EINVAL, "path contains a NUL byte")
+    if not raw:
+        raise FsError(errno.ENOENT)
+    comps = [c for c in raw.split(b"/") if c]
+    return comps, raw.endswith(b"/") and bool(comps)
+
+
+def shown(path: PathLike) -> str:
+    """A path as the caller wrote it, for messages ('' shows as two quotes)."""
+    p = to_str(path)
+    return p if p else "''"

@@ -266,10 +266,14 @@ def test_append_bytes(nx):
 
 def test_paths_are_normalized(nx):
     nx.mkdir("/d")
+    nx.mkdir("/d/x")
     nx.write_bytes("d//x/../f", b"data")  # relative, doubled slash, '..'
     assert nx.read_bytes("/d/f") == b"data"
+    with pytest.raises(FsError) as exc:  # '..' is walked, not cut out: a missing name stays missing
+        nx.read_bytes("/d/nope/../f")
+    assert exc.value.errno == errno.ENOENT
     assert nx.read_bytes(b"/d/./f") == b"data"
-    assert nx.list("/d") == ["/d/f"]
+    assert nx.list("/d") == ["/d/f", "/d/x"]
 
 
 def test_non_utf8_names_round_trip(nx):

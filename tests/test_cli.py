@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -128,7 +129,7 @@ MISSING = ("no nexusfs store at {} (commands that write to a store create it: "
 
 @pytest.mark.parametrize("args", [
     ["info"], ["ls"], ["cat", "/x"], ["stat", "/"], ["fsck"], ["gc"], ["export"], ["rm", "/x"],
-    ["mv", "/x", "/y"], ["cp", "/x", "/y"], ["get", "/x", "-"], ["glob", "*"], ["search", "x"],
+    ["mv", "/x", "/y"], ["cp", "/x", "/y"], ["get", "/x", "-"], ["search", "x"],
     ["index", "--status"],
 ])
 def test_commands_that_only_read_refuse_a_missing_store_and_create_nothing(home, args):
@@ -137,8 +138,9 @@ def test_commands_that_only_read_refuse_a_missing_store_and_create_nothing(home,
     assert not os.path.exists(home)
 
 
-def test_grep_on_missing_store_exits_2(home):
-    assert Nexus(home).error("grep", "x", code=2) == "nexus: error: " + MISSING.format(home)
+@pytest.mark.parametrize("args", [["grep", "x"], ["glob", "*"]])
+def test_grep_and_glob_on_missing_store_exit_2(home, args):
+    assert Nexus(home).error(*args, code=2) == "nexus: error: " + MISSING.format(home)
     assert not os.path.exists(home)
 
 
@@ -249,7 +251,7 @@ def test_ls_short_long_recursive(nexus, home):
     assert nexus("ls", "/top").stdout.splitlines() == ["a.txt", "b.txt", "link", "sub"]
     assert ".hidden" in nexus("ls", "-a", "/top").stdout.splitlines()
     long = nexus("ls", "-l", "/top").stdout.splitlines()
-    uid, gid = os.getuid(), os.getgid()
+    uid, gid = cli_mod.owner_name(os.getuid()), cli_mod.owner_name(os.getgid(), group=True)
     assert re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 1999-12-\d\d \d\d:\d\d b\.txt", long[1]) or \
         re.fullmatch(rf"-rw-r-----\s+1 {uid}\s+{gid}\s+5 2000-01-0\d \d\d:\d\d b\.txt", long[1])
     assert re.fullmatch(r"lrwxrwxrwx\s+1 .* link -> a\.txt", long[2])
@@ -276,6 +278,65 @@ def test_ls_special_files_and_odd_names(nexus, home):
     assert any(re.match(rb"crw-rw-rw-\s+1 .* 1, 3 .* null$", ln) for ln in lines)
     assert any(re.match(rb"prw-------\s+1 .* pipe$", ln) for ln in lines)
     assert b"caf\xe9" in nexus("ls", "/").stdout_bytes.splitlines()  # raw bytes, like ls
+
+
+def test_ls_long_shows_owner_and_group_names(nexus, home):
+    import grp
+    import pwd
+
+    nexus("write", "/rootfile", input=b"x")
+    nexus("write", "/nobodys", input=b"x")
+    nexus("write", "/nameless", input=b"x")
+    nobody = pwd.getpwnam("nobody")
+    unused = _unnamed_id()
+    with connect(home) as nx:
+        nx.chown("/rootfile", 0, 0)
+        nx.chown("/nobodys", nobody.pw_uid, nobody.pw_gid)
+        nx.chown("/nameless", unused, unused)
+    lines = {ln.rsplit(" ", 1)[1]: ln.split() for ln in nexus("ls", "-l", "/").stdout.splitlines()}
+    assert lines["rootfile"][2:4] == [pwd.getpwuid(0).pw_name, grp.getgrgid(0).gr_name]
+    assert lines["nobodys"][2:4] == ["nobody", grp.getgrgid(nobody.pw_gid).gr_name]
+    assert lines["nameless"][2:4] == [str(unused), str(unused)]  # no name: the number, as ls does
+
+
+def _unnamed_id() -> int:
+    """A number that is neither a user's nor a group's id."""
+    import grp
+    import pwd
+
+    for i in range(54321, 60000):
+        for lookup in (pwd.getpwuid, grp.getgrgid):
+            try:
+                lookup(i)
+                break
+            except KeyError:
+                pass
+        else:
+            return i
+    raise AssertionError("no unused id")
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["cat", "/dir/file/"], "/dir/file/: Not a directory"),
+    (["ls", "/dir/file/.."], "/dir/file/..: Not a directory"),
+    (["ls", "/dir/file/"], "/dir/file/: Not a directory"),
+    (["stat", ""], "'': No such file or directory"),
+    (["stat", "/dir/nope/.."], "/dir/nope/..: No such file or directory"),
+    (["get", "/dir/file/", "-"], "/dir/file/: Not a directory"),
+    (["rm", "/dir/file/"], "/dir/file/: Not a directory"),
+])
+def test_paths_resolve_like_the_kernel(nexus, args, line):
+    nexus("mkdir", "/dir")
+    nexus("write", "/dir/file", input=b"x")
+    assert nexus.error(*args) == f"nexus: error: {line}"
+
+
+def test_ls_of_dot_dot_after_a_symlink_lists_the_targets_parent(nexus, home):
+    nexus("mkdir", "-p", "/a/b/c")
+    nexus("write", "/a/b/inner", input=b"")
+    with connect(home) as nx:
+        nx.symlink("a/b/c", "/link")
+    assert nexus("ls", "/link/..").stdout.splitlines() == ["c", "inner"]  # as ls does: /a/b, not /
 
 
 # ----------------------------------------------------------------- put/get
@@ -462,6 +523,20 @@ def test_grep_output_and_exit_codes(nexus):
     assert nexus.error("grep", "x", "/missing", code=2) == "nexus: error: /missing: No such file or directory"
 
 
+def test_glob_reports_a_missing_directory(nexus):
+    nexus("write", "/file", input=b"")
+    assert nexus.error("glob", "*", "/nope", code=2) == "nexus: error: /nope: No such file or directory"
+    assert nexus.error("glob", "*", "/file", code=2) == "nexus: error: /file: Not a directory"
+    assert nexus("glob", "*.none", "/", code=1).stderr == ""  # no match: exit 1, quietly
+
+
+def test_grep_accepts_and_ignores_r(nexus):
+    nexus("write", "-p", "/src/sub/a.txt", input=b"needle\n")
+    for flag in ("-r", "-R", "--recursive", "-rn"):
+        out = nexus("grep", flag, "needle", "/src").stdout
+        assert out == ("/src/sub/a.txt:1:needle\n" if flag == "-rn" else "/src/sub/a.txt:needle\n")
+
+
 def test_grep_fixed_strings_are_not_regexps(nexus):
     nexus("write", "/f", input=b"a.b\naxb\n")
     assert nexus("grep", "-F", "a.b", "/").stdout == "/f:a.b\n"
@@ -605,6 +680,31 @@ def test_bad_config_yaml(home, tmp_path):
     assert "does not exist" in Nexus(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
 
 
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"threads: 4\n\xff\xfe\x00binary", "config file {cfg} is not UTF-8 text (byte 0xff at offset 11)"),
+    (b"threads: 4\n\x07bell\n", "config file {cfg} is not valid YAML (line 2: control character 0x07)"),
+    (b"threads: -3\n", "{cfg}: threads must be at least 1, not -3"),
+    (b"block_size: 3MiB\n", "{cfg}: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"),
+    (b"block_size: 1MiB\ninline_max: 2MiB\n", "{cfg}: inline_max must be between 0 and 1MiB, not 2MiB"),
+    (b"threads: many\n", "{cfg}: threads: expected a whole number, got 'many'"),
+    (b"1: x\n", "{cfg}: unknown setting '1'"),
+])
+def test_config_errors_name_the_file_and_the_setting(home, tmp_path, content, problem):
+    cfg = tmp_path / "nexus.yaml"
+    cfg.write_bytes(content)
+    assert Nexus(home).error("--config", str(cfg), "init") == "nexus: error: " + problem.format(cfg=cfg)
+    assert not os.path.exists(home)
+
+
+def test_init_answers_in_the_units_it_was_given(home):
+    assert Nexus(home).error("init", "--block-size", "3MiB") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"
+    assert Nexus(home).error("init", "--block-size", "100000") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 100000 bytes"
+    assert Nexus(home).error("init", "--block-size", "128MiB") == \
+        "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 128MiB"
+
+
 def test_config_file_names_the_store(tmp_path):
     cfg = tmp_path / "nexus.yaml"
     cfg.write_text("home: via-config\nblock_size: 256KiB\n")
@@ -631,10 +731,66 @@ def test_debug_env_shows_the_exception(home):
     assert isinstance(result.exception, nexusfs.StoreError)
 
 
-def test_usage_errors_use_click_status(nexus):
-    result = nexus("ls", "--bogus", code=2)
-    assert "No such option" in result.stderr
-    assert nexus("frobnicate", code=2).stderr.startswith("Usage:")
+def test_usage_errors_are_one_line_with_click_status(nexus):
+    assert nexus.error("ls", "--bogus", code=2) == \
+        "nexus: error: ls: No such option '--bogus' (see `nexus ls --help`)"
+    assert nexus.error("frobnicate", code=2) == \
+        "nexus: error: No such command 'frobnicate' (see `nexus --help`)"
+    assert nexus.error("--bogus", "ls", code=2) == "nexus: error: No such option '--bogus' (see `nexus --help`)"
+    assert nexus.error("grep", code=2) == \
+        "nexus: error: grep: Missing argument 'PATTERN' (see `nexus grep --help`)"
+    assert nexus.error("search", "q", "/", "-k", "0", code=2).startswith("nexus: error: search: Invalid value")
+    assert nexus("--help").stdout.startswith("Usage: nexus")  # help is still help
+    assert nexus("ls", "--help").stdout.startswith("Usage: nexus ls")
+
+
+def test_mount_usage_errors_are_one_line(nexus, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    line = nexus.error("mount", "-d", str(tmp_path / "afile"))
+    assert line == f"nexus: error: mountpoint {tmp_path / 'afile'} is not a directory"
+    assert nexus.error("mount", "--bogus", code=2) == \
+        "nexus: error: mount: No such option '--bogus' (see `nexus mount --help`)"
+    assert nexus.error("mount", "-o", "frob", str(tmp_path), code=1) == "nexus: error: unknown mount option 'frob'"
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["mkdir", "/x/y/z"], "/x/y/z: No such file or directory"),
+    (["mkdir", "-p", "/file/y/z"], "/file/y/z: Not a directory"),
+    (["mkdir", "/file"], "/file: File exists"),
+    (["write", "/x/y"], "/x/y: No such file or directory"),
+    (["write", "-p", "/file/y"], "/file/y: Not a directory"),
+    (["cat", "/x/y"], "/x/y: No such file or directory"),
+    (["ls", "/file/y"], "/file/y: Not a directory"),
+    (["stat", "/x/y"], "/x/y: No such file or directory"),
+    (["rm", "/x/y"], "/x/y: No such file or directory"),
+    (["rm", "-r", "/file/y"], "/file/y: Not a directory"),
+    (["mv", "/x/y", "/z"], "/x/y: No such file or directory"),
+    (["mv", "/file", "/x/y/z"], "/x/y/z: No such file or directory"),
+    (["cp", "/x/y", "/z"], "/x/y: No such file or directory"),
+    (["cp", "/file", "/x/y/z"], "/x/y/z: No such file or directory"),
+    (["get", "/x/y", "-"], "/x/y: No such file or directory"),
+    (["export", "/x/y"], "/x/y: No such file or directory"),
+    (["import", "--under", "/file/y"], "/file/y: Not a directory"),
+])
+def test_errors_name_the_whole_path(nexus, args, line):
+    nexus("write", "/file", input=b"x")
+    assert nexus.error(*args, input=b"") == f"nexus: error: {line}"
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["grep", "a", "/x/y"], "/x/y: No such file or directory"),
+    (["grep", "a", "/file/y"], "/file/y: Not a directory"),
+    (["glob", "*", "/x/y"], "/x/y: No such file or directory"),
+])
+def test_search_errors_name_the_whole_path(nexus, args, line):
+    nexus("write", "/file", input=b"x")
+    assert nexus.error(*args, code=2) == f"nexus: error: {line}"
+
+
+def test_put_names_the_whole_store_path(nexus, tmp_path):
+    nexus("write", "/file", input=b"x")
+    (tmp_path / "f").write_bytes(b"data")
+    assert nexus.error("put", str(tmp_path / "f"), "/file/sub/f") == "nexus: error: /file/sub/f: Not a directory"
 
 
 # ----------------------------------------------------------------- plugins
@@ -709,9 +865,37 @@ def test_console_script_end_to_end(tmp_path):
     assert cat.stdout == b"hi there\n"
 
 
-def test_put_follows_a_symlink_given_as_local(nexus, tmp_path):
+def test_put_copies_a_symlink_given_as_local_and_follows_it_with_L(nexus, tmp_path):
     (tmp_path / "real.txt").write_bytes(b"real content")
     os.symlink("real.txt", tmp_path / "alias")
-    nexus("put", str(tmp_path / "alias"), "/copied")
-    assert nexus("cat", "/copied").stdout_bytes == b"real content"
-    assert json.loads(nexus("stat", "--json", "/copied").stdout)["type"] == "file"
+    nexus("put", str(tmp_path / "alias"), "/copied")  # like cp -r and rsync -a: the link itself
+    link = json.loads(nexus("stat", "--json", "/copied").stdout)
+    assert (link["type"], link["target"]) == ("symlink", "real.txt")
+    nexus("put", "-L", str(tmp_path / "alias"), "/followed")
+    assert nexus("cat", "/followed").stdout_bytes == b"real content"
+    assert json.loads(nexus("stat", "--json", "/followed").stdout)["type"] == "file"
+
+
+@pytest.mark.parametrize("args", [["grep", "line"], ["cat", "/many"], ["get", "/many", "-"], ["export", "--with-data"]])
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, args):
+    """`nexus grep ... | head`: the command ends as grep does, by SIGPIPE, with nothing on stderr."""
+    home = str(tmp_path / "store")
+    env = {**os.environ}
+    env.pop("NEXUS_DEBUG", None)
+    subprocess.run(_nexus_argv() + ["--home", home, "init"], check=True, capture_output=True, env=env, timeout=120)
+    many = b"".join(b"line %d\n" % i for i in range(100_000))  # far more than a pipe holds
+    subprocess.run(_nexus_argv() + ["--home", home, "write", "/many"], input=many, check=True, env=env, timeout=120)
+    proc = subprocess.Popen(_nexus_argv() + ["--home", home, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert proc.stdout.read(10)
+    proc.stdout.close()  # `head` has what it wanted and exits
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == -signal.SIGPIPE
+    assert err == b""
+
+
+def test_the_mount_process_on_its_own_reports_usage_errors_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mount", "--bogus"], capture_output=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2
+    assert proc.stderr == b"nexus: error: mount: No such option '--bogus' (see `nexus mount --help`)\n"

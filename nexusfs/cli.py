@@ -845,29 +845,44 @@ def search(k: int, as_json: bool, query: str, directory: str) -> None:
             out(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
         else:
             out(f"{hit.score:.3f} {hit.path}:{hit.start_line}-{hit.end_line}  {hit.snippet}")
+    _note(results.note)
     if results.pending:
-        click.echo(f"nexus: note: {results.pending} file(s) are not indexed yet (run `nexus index`); "
-                   "results may miss them", err=True)
+        _note(f"{results.pending} file(s) are not indexed yet (run `nexus index`); results may miss them")
     if not results:
         raise click.exceptions.Exit(1)
+
+
+def _note(text: str | None) -> None:
+    """``nexus: note: ...`` on stderr (something the user should know; not an error)."""
+    if text:
+        click.echo(f"nexus: note: {text}", err=True)
 
 
 @cli.command("index")
 @click.option("--status", is_flag=True, help="Show what the index holds and what is queued.")
 @click.option("--rebuild", is_flag=True, help="Forget the index and build it again.")
-def index_cmd(status: bool, rebuild: bool) -> None:
-    """Bring the search index up to date now (the mount does this in the background)."""
+@click.option("--embedder", metavar="NAME",
+              help="The embedding model (with --rebuild: switch the store to it; default: the store's own).")
+def index_cmd(status: bool, rebuild: bool, embedder: str | None) -> None:
+    """Bring the search index up to date now (the mount does this in the background).
+
+    A store keeps the embedding model it was first indexed with; `--rebuild --embedder
+    NAME` switches it (and indexes everything again).
+    """
     nx = open_store()
     if status:
+        if embedder is not None:
+            _fail("--embedder goes with --rebuild (or a plain `nexus index`), not --status")
         st = nx.index_status()
         out(f"queued files:     {st.pending}" + (f" ({st.failing} failing)" if st.failing else ""))
         out(f"indexed files:    {st.files}")
         out(f"distinct content: {st.docs}" + (
             " (" + ", ".join(f"{n} {k}" for k, n in sorted(st.by_kind.items())) + ")" if st.by_kind else ""))
         out(f"semantic chunks:  {st.chunks}")
-        out(f"embedder:         {st.embedder or 'none'}" + ("" if st.vector_search else " (sqlite-vec missing)"))
+        out(f"embedder:         {st.embedder or 'none yet'}" + ("" if st.vector_search else " (sqlite-vec missing)"))
         for ino, err in st.errors:
             out(f"failing: inode {ino}: {err}")
+        _note(st.note)
         return
     with progress_bar(unit="file", desc="rebuilding" if rebuild else "indexing") as bar:
         def tick(done: int, total: int | None) -> None:
@@ -875,10 +890,11 @@ def index_cmd(status: bool, rebuild: bool) -> None:
             bar.n = done
             bar.refresh()
 
-        n = nx.reindex(rebuild=rebuild, progress=tick)
+        n = nx.reindex(rebuild=rebuild, embedder=embedder, progress=tick)
     st = nx.index_status()
     out(f"indexed {n} file(s); {st.files} files, {st.docs} distinct contents, {st.chunks} chunks in the index"
         + (f"; {st.pending} still queued" if st.pending else ""))
+    _note(st.note)
 
 
 # ------------------------------------------------------------- maintenance

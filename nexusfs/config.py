@@ -86,7 +86,9 @@ class Config:
     background_indexing: bool = True
     #: index text for semantic search (embeddings) as well as for grep
     semantic: bool = True
-    #: embedding model for semantic search (empty: the default model)
+    #: embedding model for semantic search of a store that has none yet (empty: the default
+    #: model); a store keeps the model it was indexed with until `nexus index --rebuild
+    #: --embedder NAME` switches it
     embedder: str = ""
     #: where the config came from, for messages
     source: str = "defaults"
@@ -112,6 +114,8 @@ class Config:
             raise ConfigError("threads must be at least 1")
         if self.dirty_limit < 64 * KiB:
             raise ConfigError(f"dirty_limit must be at least 64KiB, not {self.dirty_limit}")
+        if self.embedder:
+            self.embedder = _embedder_name(self.embedder, "embedder")
         # (that it holds a whole block is checked when the store, and so its block size, is open)
 
     @classmethod
@@ -163,7 +167,22 @@ def _coerce(name: str, raw: object, source: str) -> object:
         raise ConfigError(f"{what}: expected true or false, got {raw!r}")
     if raw is None:
         raise ConfigError(f"{what}: a value is required")
+    if name == "embedder":
+        return _embedder_name(str(raw), what)
     return str(raw)
+
+
+def _embedder_name(raw: str, what: str) -> str:
+    """An embedder name as the registry writes it ('' stays: the default); a name no
+    embedder has is a ConfigError, not something found out at the first semantic query."""
+    if not raw.strip():
+        return ""
+    from .search.embed import check_name
+
+    try:
+        return check_name(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc.message}") from None
 
 
 def _read_yaml(path: str) -> dict[str, object]:

@@ -52,6 +52,27 @@ def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> It
         nx.close()
 
 
+class NexusCli:
+    """Runs ``nexus --home HOME ...`` in this process and checks its exit status."""
+
+    def __init__(self, home: str) -> None:
+        from click.testing import CliRunner
+
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int | None = 0):
+        """The click Result; ``code`` None accepts any exit status (a traceback never)."""
+        from nexusfs.cli import cli
+
+        result = self.runner.invoke(cli, ["--home", self.home, *args])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        if code is not None:
+            assert result.exit_code == code, (args, result.exit_code, result.output)
+        return result
+
+
 def stdlib_root() -> str:
     return sysconfig.get_paths()["stdlib"]
 

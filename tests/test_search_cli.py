@@ -11,12 +11,10 @@ import os
 import re
 
 import pytest
-from click.testing import CliRunner
 
 import nexusfs
-from nexusfs.cli import cli
 from nexusfs.search.indexer import Indexer
-from tests.search_helpers import C_ENV, STORE_SETTINGS
+from tests.search_helpers import C_ENV, STORE_SETTINGS, NexusCli
 
 TREE = {
     "src/app.py": b"import os\nimport sys\n\ndef main():\n    print('TODO: hello')\n",
@@ -27,19 +25,6 @@ TREE = {
     "bin/tool.dat": b"\0\x01TODO binary\n",
     "latin.txt": "caf\xe9 TODO\n".encode("latin-1"),
 }
-
-
-class Nexus:
-    def __init__(self, home: str) -> None:
-        self.home = home
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0):
-        result = self.runner.invoke(cli, ["--home", self.home, *args])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        assert result.exit_code == code, (args, result.exit_code, result.output)
-        return result
 
 
 @pytest.fixture
@@ -55,7 +40,7 @@ def tree(tmp_path):
     for p, d in TREE.items():
         os.makedirs(local / os.path.dirname(p), exist_ok=True)
         (local / p).write_bytes(d)
-    return Nexus(home), str(local)
+    return NexusCli(home), str(local)
 
 
 def gnu(local: str, *args: str) -> tuple[int, list[bytes]]:
@@ -185,7 +170,7 @@ def semantic_home(tmp_path):
         nx.write_many({p: t.encode() for p, t in SEM_DOCS.items()})
     finally:
         nx.close()
-    return Nexus(home)
+    return NexusCli(home)
 
 
 HIT = re.compile(r"^(\d\.\d{3}) (/\S+):(\d+)-(\d+)  (.+)$")

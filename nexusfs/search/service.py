@@ -13,6 +13,7 @@ reported, and the result says how many files are still waiting to be indexed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import stat
 import threading
@@ -27,8 +28,8 @@ from ..meta.engine import MetadataEngine
 from ..types import ROOT_INODE
 from .content import read_committed
 from .grep import GrepMatch, GrepOptions, is_binary, line_matcher, translate_gnu
-from .index import SearchIndex
-from .indexer import load_embedder
+from .index import EmbedderRecord, IndexStatus, SearchIndex
+from .indexer import embedder_note, load_embedder
 from .literals import fts5_expression, required_query
 from .pattern import GlobPattern
 from .vectors import VectorMatrix
@@ -68,9 +69,11 @@ class SearchHit:
 
 
 class SearchResults(list):
-    """Ranked hits; ``pending`` files were not indexed yet when the query ran."""
+    """Ranked hits; ``pending`` files were not indexed yet when the query ran; ``note``
+    says why the configured embedder was not used (the store has another), if it was not."""
 
     pending: int = 0
+    note: str | None = None
 
 
 def _content_key(ino: int, doc: int | None) -> tuple[str, int]:
@@ -122,6 +125,8 @@ class _ReadAhead:
 class Searcher:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
                  semantic: bool = True) -> None:
+        """``embedder``: the model this process is configured with; queries always use the
+        store's own (see ``note``)."""
         self.meta = meta
         self.blocks = blocks
         self.index = SearchIndex(meta.db)
@@ -130,27 +135,48 @@ class Searcher:
         self.vectors = VectorMatrix(self.index)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._ready = False
-        self._text_ready = False
+        self._record: EmbedderRecord | None = None
+        self._model: Any = None  # the store's model; False: it cannot be had here
+        self._model_error: str | None = None
 
     def prepare(self, *, semantic: bool = True) -> None:
-        """Make sure the index tables exist. Only semantic search needs the model (whose
-        first load costs a second of CPU): grep does without it."""
-        if not semantic:
-            if not self._ready and not self._text_ready:
-                if not self.index.tables_exist():
-                    self.index.ensure_tables(None, None)
-                self._text_ready = True
-            return
-        if not self._ready:
-            emb = self._embedder() if self.semantic else None
-            self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
-            self._ready = True
+        """Find the index tables and the store's model. Reads only: a store that was
+        never indexed has no tables yet, and its queries find nothing (grep then reads the
+        queued files). Only semantic search needs the model itself (its first load costs a
+        second of CPU): that is ``_embedder``, so ``semantic`` changes nothing here."""
+        record = self.index.attach()
+        if record != self._record:
+            self._record, self._model, self._model_error = record, None, None
+
+    def note(self) -> str | None:
+        """Why this process's configured model is not the one used (see ``embedder_note``),
+        or why the store's model cannot rank here."""
+        self.prepare()
+        return self._note()
+
+    def _note(self) -> str | None:
+        return embedder_note(self._record, self.embedder_name) or self._model_error
+
+    def status(self) -> IndexStatus:
+        """The index's state, with ``note``; reads only."""
+        self.prepare()
+        return dataclasses.replace(self.index.status(), note=self._note())
 
     def _embedder(self) -> Any:
-        if not self.semantic or not self.index.vector_search:
+        """The store's model, loaded on first use; None if the store has none, semantic
+        search is off here, or the model cannot be had in this process (then the words alone
+        rank: BM25)."""
+        if not self.semantic or not self.index.vector_search or self._record is None:
             return None
-        return load_embedder(self.embedder_name)[0]
+        if self._model is None:
+            model, why = load_embedder(self._record.name)
+            if model is not None and model.model_id != self._record.model_id:
+                model, why = None, (f"this version's {self._record.name} does not make the vectors this "
+                                    f"store holds ({self._record.model_id}); run `nexus index --rebuild`")
+            self._model = model if model is not None else False
+            if why:
+                self._model_error = f"ranking by words only: {why}"
+        return self._model or None
 
     # ---------------------------------------------------------------- scope
     def paths_in_scope(self, ino: int, root: str) -> list[str]:
@@ -294,6 +320,7 @@ class Searcher:
         results = SearchResults()
         results.pending = self.index.pending_count()
         emb = self._embedder()
+        results.note = self._note()
         want = max(50, k * 10)
         ranked: dict[int, float] = defaultdict(float)
         qv = None

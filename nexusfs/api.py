@@ -635,8 +635,10 @@ class Nexus:
         self.store.start_indexer().notify()
         return wait_for_index(self.store.searcher.index, timeout)
 
-    def reindex(self, *, rebuild: bool = False, embedder: str | None = None, progress: Any = None) -> int:
+    def reindex(self, *, rebuild: bool = False, embedder: str | None = None, progress: Any = None,
+                queued_since: int = 0) -> int:
         """Index everything queued now, in this thread; returns how many files.
+        ``queued_since`` (a ``time.time_ns()``) takes only the files queued since then.
 
         ``rebuild`` first forgets the index. ``embedder`` names the model: on a store that
         has another, only together with ``rebuild`` (which switches it); a store keeps its
@@ -660,7 +662,7 @@ class Nexus:
         ix = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic or embedder is not None,
                      embedder=embedder or self.config.embedder or None)
         try:
-            return ix.run_until_idle(progress)
+            return ix.run_until_idle(progress, since_ns=queued_since)
         finally:
             ix.stop()
 

@@ -46,6 +46,11 @@ class State:
     nx: Any = None
     #: exit status for errors (grep uses 2)
     error_code: int = 1
+    #: when the store was opened (time.time_ns()); the command queued content for the
+    #: search index since (see ``index_what_changed``); --no-index was given
+    opened_ns: int = 0
+    queued: bool = False
+    no_index: bool = False
 
     def close(self) -> None:
         nx, self.nx = self.nx, None
@@ -78,10 +83,49 @@ def open_store(ctx: click.Context | None = None, *, create: bool = False, **sett
 
     st = _state(ctx)
     if st.nx is None:
-        # a command is short-lived: it leaves queued index work to the mount (or `nexus index`)
+        # a command is short-lived: no background indexer; what it writes is indexed
+        # before it returns (index_what_changed)
         settings.setdefault("background_indexing", False)
+        st.opened_ns = time.time_ns()
         st.nx = nexusfs.connect(st.home, config_file=st.config_file, create=create, **settings)
+        st.nx.meta.on_index_enqueued = lambda: setattr(st, "queued", True)
     return st.nx
+
+
+def index_what_changed(st: State) -> None:
+    """Index the files the command wrote (put, write, cp, import...), so that search finds
+    them once it returns; only those (an older backlog is for `nexus index` or a mount).
+    Skipped with --no-index, and when a mount of the store is running: its indexer does it,
+    and two indexers would only compete for the database."""
+    nx = st.nx
+    if nx is None or not st.queued or st.no_index or nx.store.mounted_by() is not None:
+        return
+    try:
+        with progress_bar(unit="file", desc="indexing") as bar:
+            def tick(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            nx.reindex(queued_since=st.opened_ns, progress=tick)
+    except Exception as exc:  # noqa: BLE001 - the data is written: report, do not fail the command
+        if os.environ.get("NEXUS_DEBUG") == "1":
+            raise
+        msg = describe_error(exc) or f"{type(exc).__name__}: {exc}"
+        click.echo(f"nexus: note: the search index was not brought up to date ({msg}); "
+                   "run `nexus index`", err=True)
+
+
+def no_index_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-index`` for a command that writes content (see ``index_what_changed``)."""
+
+    def skip(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            _state(ctx).no_index = True
+
+    return click.option("--no-index", is_flag=True, expose_value=False, callback=skip,
+                        help="Leave what was written queued for `nexus index` or a mount "
+                             "instead of indexing it for search now.")(fn)
 
 
 def describe_error(exc: BaseException) -> str | None:
@@ -164,6 +208,7 @@ class NexusGroup(click.Group):
         try:
             try:
                 rv = super().invoke(ctx)
+                index_what_changed(st)
             except BaseException:
                 try:
                     st.close()
@@ -494,6 +539,7 @@ def _replace_nondir(nx: Any, dest: str) -> None:
 @cli.command()
 @click.argument("local", type=click.Path(exists=False))
 @click.argument("nexuspath")
+@no_index_option
 def put(local: str, nexuspath: str) -> None:
     """Copy a local file or directory tree into the store.
 
@@ -644,6 +690,7 @@ def get(nexuspath: str, local: str) -> None:
 @click.option("-a", "--append", is_flag=True, help="Append instead of replacing the content.")
 @click.option("-p", "--parents", is_flag=True, help="Create missing parent directories.")
 @click.argument("nexuspath")
+@no_index_option
 def write(append: bool, parents: bool, nexuspath: str) -> None:
     """Write standard input to a file in the store (streaming)."""
     nx = open_store()
@@ -715,6 +762,7 @@ def mv(src: str, dst: str) -> None:
 @click.option("-r", "-R", "--recursive", is_flag=True, help="Copy directories recursively.")
 @click.argument("src")
 @click.argument("dst")
+@no_index_option
 def cp(recursive: bool, src: str, dst: str) -> None:
     """Copy inside the store (metadata only: the data blocks are shared)."""
     nx = open_store()
@@ -967,6 +1015,7 @@ def export_cmd(with_data: bool, output: str | None, path: str) -> None:
 @click.option("--same-owner/--no-same-owner", default=None,
               help="Restore owners (default: only when running as root).")
 @click.argument("file", default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@no_index_option
 def import_cmd(under: str, same_owner: bool | None, file: str) -> None:
     """Read an export (from FILE, or stdin) into the store."""
     from .transfer import import_stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -143,6 +144,25 @@ class Store:
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
+
+    def mounted_by(self) -> int | None:
+        """The process id of a live mount of this store (from its lock file), or None."""
+        try:
+            with open(os.path.join(self.config.home, "mount.lock"), "rb") as f:
+                holder = f.read(4096).decode(errors="replace")
+        except OSError:
+            return None
+        m = re.search(r"\bpid (\d+)", holder)
+        if m is None:
+            return None
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a mount that died without unmounting
+        except PermissionError:
+            pass  # alive, another user's
+        return pid
 
     def blob_temp_files(self) -> list[str]:
         if isinstance(self.blobs, LocalBlobStore):

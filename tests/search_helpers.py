@@ -61,11 +61,11 @@ class NexusCli:
         self.home = home
         self.runner = CliRunner()
 
-    def __call__(self, *args: str, code: int | None = 0):
+    def __call__(self, *args: str, code: int | None = 0, input: bytes | None = None):
         """The click Result; ``code`` None accepts any exit status (a traceback never)."""
         from nexusfs.cli import cli
 
-        result = self.runner.invoke(cli, ["--home", self.home, *args])
+        result = self.runner.invoke(cli, ["--home", self.home, *args], input=input)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         if code is not None:

@@ -220,13 +220,15 @@ class SearchIndex:
         return count
 
     # ------------------------------------------------------------------ jobs
-    def claim_jobs(self, limit: int = 32, lease_s: float = LEASE_S) -> list[Job]:
+    def claim_jobs(self, limit: int = 32, lease_s: float = LEASE_S, since_ns: int = 0) -> list[Job]:
+        """Up to ``limit`` jobs due now (queued at ``since_ns`` or later), oldest first,
+        claimed for ``lease_s``."""
         t = _now()
         with self.db.transaction():
             rows = self.db.query(
                 "SELECT inode, queued_ns, attempts FROM index_jobs "
-                "WHERE not_before_ns <= ? AND claimed_until_ns <= ? ORDER BY queued_ns LIMIT ?",
-                (t, t, limit),
+                "WHERE not_before_ns <= ? AND claimed_until_ns <= ? AND queued_ns >= ? ORDER BY queued_ns LIMIT ?",
+                (t, t, since_ns, limit),
             )
             if rows:
                 until = t + int(lease_s * 1e9)
@@ -253,7 +255,10 @@ class SearchIndex:
             (_now() + int(delay * 1e9), error[:500], job.inode),
         )
 
-    def pending_count(self) -> int:
+    def pending_count(self, since_ns: int = 0) -> int:
+        """Files waiting to be indexed (queued at ``since_ns`` or later)."""
+        if since_ns:
+            return self.db.query_value("SELECT COUNT(*) FROM index_jobs WHERE queued_ns >= ?", (since_ns,), 0)
         return self.db.query_value("SELECT COUNT(*) FROM index_jobs", (), 0)
 
     def pending_inodes(self) -> list[int]:

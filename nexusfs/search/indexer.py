@@ -206,12 +206,13 @@ class Indexer:
             self._stop.wait(pause)
             waited += pause
 
-    def run_batch(self, limit: int = 32, background: bool = False) -> int:
-        """Index up to ``limit`` queued files; returns how many jobs were handled."""
+    def run_batch(self, limit: int = 32, background: bool = False, since_ns: int = 0) -> int:
+        """Index up to ``limit`` queued files (queued at ``since_ns`` or later); returns
+        how many jobs were handled."""
         self.prepare()
         if background:
             self._yield_to_foreground()
-        jobs = self.index.claim_jobs(limit)
+        jobs = self.index.claim_jobs(limit, since_ns=since_ns)
         for job in jobs:
             if self._stop.is_set():
                 break
@@ -227,19 +228,21 @@ class Indexer:
             self.indexed += 1
         return len(jobs)
 
-    def run_until_idle(self, progress: Progress | None = None) -> int:
-        """Work through the whole queue in the calling thread (``nexus index``)."""
+    def run_until_idle(self, progress: Progress | None = None, since_ns: int = 0) -> int:
+        """Work through the queue in the calling thread (``nexus index``): all of it, or the
+        files queued at ``since_ns`` or later (what one command wrote)."""
         self.prepare()
-        total = self.index.pending_count()
+        total = self.index.pending_count(since_ns)
         done = 0
         while not self._stop.is_set():
-            n = self.run_batch(64)
+            n = self.run_batch(64, since_ns=since_ns)
             if n == 0:
                 break
             done += n
             if progress:
                 progress(done, max(total, done))
-        self.index.collect_docs(limit=1 << 30)
+        if not since_ns:  # a whole run also clears out what no file uses any more
+            self.index.collect_docs(limit=1 << 30)
         return done
 
     def index_file(self, ino: int) -> None:

@@ -186,10 +186,10 @@ class SearchDirs:
                     matches.append(Match(r, f"{r}:{m.line_no}:{m.line}"))
         elif kind == b"semantic":
             results = self.searcher.search(q, scope_path, SEMANTIC_K * 2)
-            for hit in results:
-                r = rel(hit.path)
-                if self._may_see(scope, r, None, caller, need_read=True):
-                    matches.append(Match(r, f"{hit.score:.3f} {r}:{hit.start_line}-{hit.end_line}  {hit.snippet}"))
+            for hit in results:  # one per distinct content: its copies are listed on its line
+                seen = [r for r in map(rel, hit.paths) if self._may_see(scope, r, None, caller, need_read=True)]
+                if seen:
+                    matches.append(Match(seen[0], hit.line(seen)))
                 if len(matches) >= SEMANTIC_K:
                     break
             if results.pending:

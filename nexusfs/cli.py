@@ -884,7 +884,8 @@ def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: b
 def search(k: int, as_json: bool, query: str, directory: str) -> None:
     """Rank the files under DIRECTORY by meaning and wording for QUERY.
 
-    Prints `score path:start-end  snippet` lines, best first; exit 1 if nothing matched.
+    Prints `score path:start-end  snippet` lines, best first, one per distinct content
+    (identical copies add `(also PATH, ...)` after the range); exit 1 if nothing matched.
     """
     nx = open_store()
     results = nx.search(query, directory, k=k)
@@ -892,7 +893,7 @@ def search(k: int, as_json: bool, query: str, directory: str) -> None:
         if as_json:
             out(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
         else:
-            out(f"{hit.score:.3f} {hit.path}:{hit.start_line}-{hit.end_line}  {hit.snippet}")
+            out(hit.line())
     _note(results.note)
     if results.pending:
         _note(f"{results.pending} file(s) are not indexed yet (run `nexus index`); results may miss them")

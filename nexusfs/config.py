@@ -90,6 +90,9 @@ class Config:
     #: model); a store keeps the model it was indexed with until `nexus index --rebuild
     #: --embedder NAME` switches it
     embedder: str = ""
+    #: directories (by name, at any depth) whose files semantic search neither indexes nor
+    #: shows: version-control internals by default; grep still searches them
+    semantic_skip_dirs: tuple[str, ...] = (".git", ".hg", ".svn")
     #: where the config came from, for messages
     source: str = "defaults"
 
@@ -165,11 +168,27 @@ def _coerce(name: str, raw: object, source: str) -> object:
         if str(raw).lower() in ("false", "no", "off", "0"):
             return False
         raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+    if name == "semantic_skip_dirs":
+        return _name_list(raw, what)
     if raw is None:
         raise ConfigError(f"{what}: a value is required")
     if name == "embedder":
         return _embedder_name(str(raw), what)
     return str(raw)
+
+
+def _name_list(raw: object, what: str) -> tuple[str, ...]:
+    """Directory names: a YAML list, or one string of comma-separated names ('' or null: none)."""
+    if raw is None:
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{what}: expected a list of directory names, got {raw!r}")
+    names = tuple(x.strip() for x in items if x.strip())
+    bad = [x for x in names if "/" in x or x in (".", "..")]
+    if bad:
+        raise ConfigError(f"{what}: {bad[0]!r} is not a directory name")
+    return names
 
 
 def _embedder_name(raw: str, what: str) -> str:

@@ -41,7 +41,7 @@ class Store:
             from .search.service import Searcher
 
             self._searcher = Searcher(self.meta, self.vfs.blocks, embedder=self.config.embedder or None,
-                                      semantic=self.config.semantic)
+                                      semantic=self.config.semantic, skip_dirs=self.config.semantic_skip_dirs)
         return self._searcher
 
     def start_indexer(self):

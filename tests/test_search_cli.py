@@ -203,7 +203,7 @@ def test_search_output(semantic_home):
     out = nexus("search", "--json", "-k", "2", "money owed to the government").stdout.splitlines()
     assert len(out) == 2
     rows = [json.loads(x) for x in out]
-    assert set(rows[0]) == {"score", "path", "start_line", "end_line", "snippet"}
+    assert set(rows[0]) == {"score", "path", "start_line", "end_line", "snippet", "paths"}
     assert rows[0]["path"] == "/notes/taxes.md"
     # scoped to a directory
     assert nexus("search", "bread", "/notes").stdout.startswith(

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import paths
 from ..blocks import BlockLayer
 from ..config import Config
 from ..errors import NexusError
@@ -81,6 +82,7 @@ class Indexer:
         self.configured = normalise_name(embedder) if embedder else None
         #: the model in use: the store's, or (before it has one) the configured one
         self.embedder_name: str | None = self.configured
+        self.skip_dirs = frozenset(paths.encode(d) for d in getattr(config, "semantic_skip_dirs", ()))
         self._record: EmbedderRecord | None = None
         self._prepared = False
         self._log_note = False
@@ -329,7 +331,7 @@ class Indexer:
         """(kind, semantic chunks) of a content: a 'binary' one may turn out a PDF or DOCX."""
         if not data:
             return kind, []
-        from .chunk import chunk_text
+        from .chunk import chunk_text, meaningful_chunks
         from .extract import extract_text
 
         extracted = extract_text(data, self._name_of(ino))
@@ -337,11 +339,25 @@ class Indexer:
             return kind, []
         if kind == "binary" and extracted.kind in ("pdf", "docx"):
             kind = extracted.kind
-        return kind, [(c.seq, c.start_line, c.end_line, c.text) for c in chunk_text(extracted.text)]
+        chunks = meaningful_chunks(chunk_text(extracted.text))
+        return kind, [(c.seq, c.start_line, c.end_line, c.text) for c in chunks]
 
     def _wants_chunks(self, ino: int) -> bool:
-        """Whether a file's text is to be cut into chunks and embedded: semantic indexing runs here."""
-        return self.semantic and self.identity() is not None
+        """Whether a file's text is to be cut into chunks and embedded: semantic indexing
+        runs here, and the file has a name outside the skipped directories (.git ...)."""
+        return self.semantic and self.identity() is not None and not self._only_in_skipped_dirs(ino)
+
+    def _only_in_skipped_dirs(self, ino: int) -> bool:
+        if not self.skip_dirs:
+            return False
+        for parent, _name in self.meta.names_of(ino):
+            try:
+                where = self.meta.path_of(parent)
+            except OSError:
+                continue
+            if not self.skip_dirs.intersection(where.split(b"/")):
+                return False
+        return True
 
     def _name_of(self, ino: int) -> str:
         name = self.db.query_value("SELECT name FROM dentries WHERE inode = ? LIMIT 1", (ino,))

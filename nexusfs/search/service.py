@@ -18,6 +18,7 @@ import re
 import stat
 import threading
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -56,16 +57,29 @@ BM25_POSTINGS = 12_000
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """One semantic result: a piece of a file, ranked."""
+    """One semantic result: a piece of a content, ranked. Identical files (copies, hard
+    links) are one hit: ``path`` is the first of their ``paths``."""
 
     score: float  # 0..1, higher is better
     path: str
     start_line: int
     end_line: int
-    snippet: str
+    snippet: str  # one line of the piece, control characters taken out: the same in every output
+    paths: tuple[str, ...] = ()  # every path with this content in the searched scope, sorted
+
+    def location(self, shown: Sequence[str] | None = None) -> str:
+        """``score path:start-end``, then ``(also p2, p3)`` for the other paths; ``shown``
+        replaces the paths (the mount writes them relative, and only those a caller may read)."""
+        names = list(shown if shown is not None else (self.paths or (self.path,)))
+        also = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
+        return f"{self.score:.3f} {names[0]}:{self.start_line}-{self.end_line}{also}"
+
+    def line(self, shown: Sequence[str] | None = None) -> str:
+        """The hit as ``nexus search`` and ``.results`` print it: location, two spaces, snippet."""
+        return f"{self.location(shown)}  {self.snippet}"
 
     def __str__(self) -> str:
-        return f"{self.score:.3f} {self.path}:{self.start_line}-{self.end_line}"
+        return self.location()
 
 
 class SearchResults(list):
@@ -124,14 +138,16 @@ class _ReadAhead:
 
 class Searcher:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
-                 semantic: bool = True) -> None:
+                 semantic: bool = True, skip_dirs: Iterable[str] = ()) -> None:
         """``embedder``: the model this process is configured with; queries always use the
-        store's own (see ``note``)."""
+        store's own (see ``note``). ``skip_dirs``: directory names (.git ...) whose files
+        semantic results leave out."""
         self.meta = meta
         self.blocks = blocks
         self.index = SearchIndex(meta.db)
         self.embedder_name = embedder
         self.semantic = semantic
+        self.skip_dirs = frozenset(skip_dirs)
         self.vectors = VectorMatrix(self.index)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -348,29 +364,37 @@ class Searcher:
         return results
 
     def _hits(self, ranked: dict[int, float], root: str, k: int, query: str) -> list[SearchHit]:
+        """The ``k`` best chunks as hits, one per piece of a distinct content: identical
+        files share their chunks, and their hit lists every path they have under ``root``."""
         best = 2.0 / (RRF_K + 1)
         order = sorted(ranked.items(), key=lambda kv: -kv[1])
         rows = self.index.chunk_rows(c for c, _s in order)
-        files_cache: dict[int, list[str]] = {}
+        paths_of: dict[int, list[str]] = {}
+        seen: set[tuple[int, int]] = set()
         hits: list[SearchHit] = []
-        seen: set[tuple[str, int]] = set()
         for cid, score in order:
             row = rows.get(cid)
-            if row is None:
+            if row is None or (row.doc, row.seq) in seen:
                 continue
-            if row.doc not in files_cache:
-                files_cache[row.doc] = sorted(
-                    p for ino, _d in self.index.files_of_docs([row.doc]) for p in self.paths_in_scope(ino, root)
-                )
-            for p in files_cache[row.doc]:
-                if (p, row.seq) in seen:
-                    continue
-                seen.add((p, row.seq))
-                hits.append(SearchHit(min(1.0, score / best), p, row.start_line, row.end_line,
-                                      _snippet(row.text, query)))
-                if len(hits) >= k:
-                    return hits
+            seen.add((row.doc, row.seq))
+            if row.doc not in paths_of:
+                paths_of[row.doc] = self._result_paths(row.doc, root)
+            found = paths_of[row.doc]
+            if not found:
+                continue  # out of scope, or only in skipped directories
+            hits.append(SearchHit(min(1.0, score / best), found[0], row.start_line, row.end_line,
+                                  _snippet(row.text, query), tuple(found)))
+            if len(hits) >= k:
+                break
         return hits
+
+    def _result_paths(self, doc: int, root: str) -> list[str]:
+        """The paths under ``root`` of the files whose current content is ``doc``, sorted;
+        those inside skipped directories (.git ...) left out."""
+        found = sorted(p for ino, _d in self.index.files_of_docs([doc]) for p in self.paths_in_scope(ino, root))
+        if self.skip_dirs:
+            found = [p for p in found if self.skip_dirs.isdisjoint(p.split("/"))]
+        return found
 
     def _scoped_search(self, query: str, qv: Any, root: str, k: int) -> list[SearchHit]:
         """Rank every chunk of the files under a small scope directly (the global lists missed them)."""
@@ -446,11 +470,24 @@ def bm25_words(query: str) -> list[str]:
     return (content or words)[:32]
 
 
+#: terminal escape sequences (colours, cursor movement): taken out of snippets
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+#: other control characters (tabs, form feeds, C1 controls): a run of them becomes one space
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def _clean_line(line: str) -> str:
+    """A line as a snippet shows it: no escape sequences or control characters (they would
+    act on a terminal, and JSON escapes them), no surrounding whitespace."""
+    return _CONTROLS.sub(" ", _ESCAPE.sub("", line)).strip()
+
+
 def _snippet(text: str, query: str, width: int = 160) -> str:
+    """The line of a chunk with most of the query's words (lines as grep counts them)."""
     terms = set(_WORD.findall(query.lower()))
     best, best_score = "", -1
-    for line in text.splitlines():
-        s = line.strip()
+    for line in text.split("\n"):
+        s = _clean_line(line)
         if not s:
             continue
         score = sum(1 for w in _WORD.findall(s.lower()) if w in terms)

@@ -613,7 +613,10 @@ class Nexus:
     def search(self, query: str, root: PathLike = "/", *, k: int = 10) -> SearchResults:
         """Files (and line ranges) under ``root`` ranked by meaning and wording for ``query``.
 
-        ``results.pending`` counts files whose latest content is not indexed yet.
+        One hit per piece of a distinct content: ``hit.paths`` lists every file under
+        ``root`` with that content (copies, hard links), ``hit.path`` is the first.
+        ``results.pending`` counts files whose latest content is not indexed yet;
+        ``results.note`` says why the configured embedder is not the one used, if it is not.
         """
         if not query.strip():
             raise FsError(errno.EINVAL, "empty search query")

@@ -34,6 +34,13 @@ C_ENV = dict(os.environ, LC_ALL="C", LANG="C")
 
 Row = tuple[str, int, bytes]  # (path relative to the searched directory, line number, line)
 
+#: three short notes on unrelated topics, for semantic search tests
+NOTES = {
+    "bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
+    "bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
+    "stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
+}
+
 
 @contextmanager
 def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> Iterator[nexusfs.Nexus]:

@@ -14,7 +14,7 @@ import pytest
 
 import nexusfs
 from nexusfs.search.indexer import Indexer
-from tests.search_helpers import C_ENV, STORE_SETTINGS, NexusCli
+from tests.search_helpers import C_ENV, NOTES, STORE_SETTINGS, NexusCli
 
 TREE = {
     "src/app.py": b"import os\nimport sys\n\ndef main():\n    print('TODO: hello')\n",
@@ -154,9 +154,7 @@ def test_index_commands(tree, monkeypatch):
 
 # ------------------------------------------------------------------ semantic
 SEM_DOCS = {
-    "/notes/bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
-    "/notes/bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
-    "/notes/stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
+    **{f"/notes/{name}": text for name, text in NOTES.items()},
     "/notes/taxes.md": "# Taxes\n\nFile the annual return before the deadline and keep receipts for deductions.\n",
 }
 

@@ -10,16 +10,12 @@ import pytest
 import nexusfs
 from nexusfs.search.indexer import Indexer
 from tests.mountutil import wait_until
-from tests.search_helpers import STORE_SETTINGS, NexusCli
+from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli
 
 pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
 
-FILES = {
-    "bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
-    "bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
-    "sub/stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
-    "sub/stars-copy.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
-}
+FILES = {"bread.md": NOTES["bread.md"], "bikes.md": NOTES["bikes.md"],
+         "sub/stars.md": NOTES["stars.md"], "sub/stars-copy.md": NOTES["stars.md"]}
 
 
 @pytest.fixture

@@ -15,15 +15,11 @@ import nexusfs
 from nexusfs.config import Config
 from nexusfs.errors import ConfigError
 from tests.mountutil import MountedStore, fuse_usable, wait_until
-from tests.search_helpers import STORE_SETTINGS, NexusCli
+from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli
 
 pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
 
-DOCS = {
-    "/notes/bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
-    "/notes/bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
-    "/notes/stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
-}
+DOCS = {f"/notes/{name}": text for name, text in NOTES.items()}
 SKY = "looking at the night sky through a lens"
 MISMATCH = ("nexus: note: this store indexes with wordllama; "
             "run `nexus index --rebuild --embedder minilm` to switch\n")
@@ -229,11 +225,12 @@ def test_a_mount_configured_otherwise_serves_queries_with_the_stores_model(index
     nexus, _cfg = indexed
     before = index_state(nexus.home)
     m = MountedStore(nexus.home, str(tmp_path / "mnt"), settings={"embedder": "minilm"})
-    with m:
+    with no_writes(nexus.home), m:
         path = os.path.join(m.mountpoint, "notes", ".search", "semantic", SKY, ".results")
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
         assert lines and lines[0].split()[1].startswith("stars.md:"), lines
+        assert sorted(os.listdir(os.path.join(m.mountpoint, "notes"))) == ["bikes.md", "bread.md", "stars.md"]
         # the mount's indexer started, found nothing to do, and reset nothing
         assert wait_until(lambda: "this store indexes with wordllama" in m.log_tail(), timeout=30)
         assert index_state(nexus.home) == before

@@ -82,7 +82,7 @@ class Indexer:
         self.configured = normalise_name(embedder) if embedder else None
         #: the model in use: the store's, or (before it has one) the configured one
         self.embedder_name: str | None = self.configured
-        self.skip_dirs = frozenset(paths.encode(d) for d in getattr(config, "semantic_skip_dirs", ()))
+        self.skip_dirs = frozenset(paths.encode(d) for d in config.semantic_skip_dirs)
         self._record: EmbedderRecord | None = None
         self._prepared = False
         self._log_note = False

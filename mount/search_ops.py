@@ -244,12 +244,14 @@ class SearchDirs:
             if results.pending:
                 line(f"# {results.pending} file(s) not indexed yet; results may miss them")
             view = self.searcher.view(who, scope)
-            for hit in results:
-                r = rel(hit.path)
-                if view is None or self._may_read(scope, r, view):
-                    rels[r] = None
-                    line(f"{hit.score:.3f} {r}:{hit.start_line}-{hit.end_line}  {hit.snippet}")
-                if len(rels) >= SEMANTIC_K:
+            shown = 0
+            for hit in results:  # one per distinct content: its copies are listed on its line
+                seen = [r for r in map(rel, hit.paths) if view is None or self._may_read(scope, r, view)]
+                if seen:
+                    rels[seen[0]] = None
+                    line(hit.line(seen))
+                    shown += 1
+                if shown >= SEMANTIC_K:
                     break
         else:
             raise FsError(errno.ENOENT)

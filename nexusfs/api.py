@@ -23,11 +23,11 @@ from typing import IO, Any, BinaryIO, Literal, overload
 
 from . import paths
 from .config import Config
-from .errors import FsError, NexusError
+from .errors import ConfigError, FsError, NexusError, StoreError
 from .meta.engine import ObjectRef
 from .paths import PathLike
 from .search.grep import GrepMatch, GrepOptions, compile_pattern
-from .search.index import IndexStatus
+from .search.index import EmbedderRecord, IndexStatus
 from .search.indexer import wait_for_index
 from .search.pattern import compile_glob
 from .search.service import SearchResults
@@ -729,7 +729,10 @@ class Nexus:
     def search(self, query: str, root: PathLike = "/", *, k: int = 10) -> SearchResults:
         """Files (and line ranges) under ``root`` ranked by meaning and wording for ``query``.
 
-        ``results.pending`` counts files whose latest content is not indexed yet.
+        One hit per piece of a distinct content: ``hit.paths`` lists every file under
+        ``root`` with that content (copies, hard links), ``hit.path`` is the first.
+        ``results.pending`` counts files whose latest content is not indexed yet;
+        ``results.note`` says why the configured embedder is not the one used, if it is not.
         """
         if not query.strip():
             raise FsError(errno.EINVAL, "empty search query")
@@ -738,25 +741,42 @@ class Nexus:
 
     # ---------------------------------------------------------------- index
     def index_status(self) -> IndexStatus:
-        self.store.searcher.prepare()
-        return self.store.searcher.index.status()
+        """What the index holds and what is queued (reads only)."""
+        return self.store.searcher.status()
 
     def wait_for_index(self, timeout: float = 60.0) -> bool:
         """Block until every change so far is indexed (starts this process's indexer)."""
         self.store.start_indexer().notify()
         return wait_for_index(self.store.searcher.index, timeout)
 
-    def reindex(self, *, rebuild: bool = False, progress: Any = None) -> int:
-        """Index everything queued now, in this thread; ``rebuild`` first forgets the index."""
+    def reindex(self, *, rebuild: bool = False, embedder: str | None = None, progress: Any = None,
+                queued_since: int = 0) -> int:
+        """Index everything queued now, in this thread; returns how many files.
+        ``queued_since`` (a ``time.time_ns()``) takes only the files queued since then.
+
+        ``rebuild`` first forgets the index. ``embedder`` names the model: on a store that
+        has another, only together with ``rebuild`` (which switches it); a store keeps its
+        model otherwise, whatever the configuration says (see ``IndexStatus.note``).
+        """
         from .search.indexer import Indexer
 
-        self.store.searcher.prepare()
-        if rebuild:
-            self.store.searcher.index.rebuild()
-        ix = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
-                     embedder=self.config.embedder or None)
+        index = self.store.searcher.index
+        if embedder is not None:
+            wanted = _embedder_record(embedder, index.vector_search)
+            current = index.attach()
+            if rebuild:
+                index.rebuild(wanted)
+            elif current is not None and current.name != wanted.name:
+                raise StoreError(f"this store indexes with {current.name}; "
+                                 f"run `nexus index --rebuild --embedder {wanted.name}` to switch")
+            else:
+                index.ensure_tables(wanted)
+        elif rebuild:
+            index.rebuild()
+        ix = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic or embedder is not None,
+                     embedder=embedder or self.config.embedder or None)
         try:
-            return ix.run_until_idle(progress)
+            return ix.run_until_idle(progress, since_ns=queued_since)
         finally:
             ix.stop()
 
@@ -775,6 +795,17 @@ class Nexus:
         from .maintenance import collect_garbage
 
         return collect_garbage(self.store, grace=self.config.gc_grace if grace is None else grace, progress=progress)
+
+
+def _embedder_record(name: str, vector_search: bool) -> EmbedderRecord:
+    """The model called ``name`` as a store records it; ConfigError (one line) for an
+    unknown name, a missing package, or a database without vector search."""
+    from .search.embed import check_name, embedder_identity
+
+    name = check_name(name)
+    if not vector_search:
+        raise ConfigError("semantic search needs the sqlite-vec package (pip install sqlite-vec)")
+    return EmbedderRecord(name, *embedder_identity(name))
 
 
 def _now() -> int:

@@ -68,6 +68,11 @@ class State:
     nx: Any = None
     #: exit status for errors (grep uses 2)
     error_code: int = 1
+    #: when the store was opened (time.time_ns()); the command queued content for the
+    #: search index since (see ``index_what_changed``); --no-index was given
+    opened_ns: int = 0
+    queued: bool = False
+    no_index: bool = False
 
     def close(self) -> None:
         nx, self.nx = self.nx, None
@@ -153,12 +158,51 @@ def open_store(ctx: click.Context | None = None, *, create: bool | None = None, 
         command = (ctx or click.get_current_context()).info_name
         if create is None:
             create = command in COMMANDS_THAT_CREATE
-        # a command is short-lived: it leaves queued index work to the mount (or `nexus index`)
+        # a command is short-lived: no background indexer; what it writes is indexed
+        # before it returns (index_what_changed)
         settings.setdefault("background_indexing", False)
+        st.opened_ns = time.time_ns()
         st.nx = nexusfs.connect(st.home, config_file=st.config_file, create=create, **settings)
         if st.nx.store.created and command != "init":
             click.echo(f"nexus: note: created a new store in {st.nx.config.home}", err=True)
+        st.nx.meta.on_index_enqueued = lambda: setattr(st, "queued", True)
     return st.nx
+
+
+def index_what_changed(st: State) -> None:
+    """Index the files the command wrote (put, write, cp, import...), so that search finds
+    them once it returns; only those (an older backlog is for `nexus index` or a mount).
+    Skipped with --no-index, and when a mount of the store is running: its indexer does it,
+    and two indexers would only compete for the database."""
+    nx = st.nx
+    if nx is None or not st.queued or st.no_index or nx.store.mounted_by() is not None:
+        return
+    try:
+        with progress_bar(unit="file", desc="indexing") as bar:
+            def tick(done: int, total: int | None) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            nx.reindex(queued_since=st.opened_ns, progress=tick)
+    except Exception as exc:  # noqa: BLE001 - the data is written: report, do not fail the command
+        if os.environ.get("NEXUS_DEBUG") == "1":
+            raise
+        msg = describe_error(exc) or f"{type(exc).__name__}: {exc}"
+        click.echo(f"nexus: note: the search index was not brought up to date ({msg}); "
+                   "run `nexus index`", err=True)
+
+
+def no_index_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-index`` for a command that writes content (see ``index_what_changed``)."""
+
+    def skip(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            _state(ctx).no_index = True
+
+    return click.option("--no-index", is_flag=True, expose_value=False, callback=skip,
+                        help="Leave what was written queued for `nexus index` or a mount "
+                             "instead of indexing it for search now.")(fn)
 
 
 def describe_error(exc: BaseException) -> str | None:
@@ -250,6 +294,7 @@ class NexusGroup(click.Group):
         try:
             try:
                 rv = super().invoke(ctx)
+                index_what_changed(st)
             except BaseException:
                 try:
                     st.close()
@@ -623,6 +668,7 @@ def _make_parents(nx: Any, path: str) -> None:
 @click.option("-f", "--force", is_flag=True, help="Replace read-only files in the way.")
 @click.argument("local", type=click.Path(exists=False))
 @click.argument("nexuspath")
+@no_index_option
 def put(dereference: bool, force: bool, local: str, nexuspath: str) -> None:
     nx = open_store()
     st = os.stat(local) if dereference else os.lstat(local)
@@ -677,6 +723,7 @@ def get(dereference: bool, force: bool, nexuspath: str, local: str) -> None:
 @click.option("-a", "--append", is_flag=True, help="Append instead of replacing the content.")
 @click.option("-p", "--parents", is_flag=True, help="Create missing parent directories.")
 @click.argument("nexuspath")
+@no_index_option
 def write(append: bool, parents: bool, nexuspath: str) -> None:
     """Write standard input to a file in the store (streaming)."""
     nx = open_store()
@@ -741,6 +788,7 @@ def mv(src: str, dst: str) -> None:
 @click.option("-r", "-R", "--recursive", is_flag=True, help="Copy directories recursively.")
 @click.argument("src")
 @click.argument("dst")
+@no_index_option
 def cp(recursive: bool, src: str, dst: str) -> None:
     """Copy inside the store (metadata only: the data blocks are shared)."""
     nx = open_store()
@@ -867,7 +915,8 @@ def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: b
 def search(k: int, as_json: bool, query: str, directory: str) -> None:
     """Rank the files under DIRECTORY by meaning and wording for QUERY.
 
-    Prints `score path:start-end  snippet` lines, best first; exit 1 if nothing matched.
+    Prints `score path:start-end  snippet` lines, best first, one per distinct content
+    (identical copies add `(also PATH, ...)` after the range); exit 1 if nothing matched.
     """
     nx = open_store()
     results = nx.search(query, directory, k=k)
@@ -875,30 +924,45 @@ def search(k: int, as_json: bool, query: str, directory: str) -> None:
         if as_json:
             out(json.dumps(dataclasses.asdict(hit), ensure_ascii=False))
         else:
-            out(f"{hit.score:.3f} {hit.path}:{hit.start_line}-{hit.end_line}  {hit.snippet}")
+            out(hit.line())
+    _note(results.note)
     if results.pending:
-        click.echo(f"nexus: note: {results.pending} file(s) are not indexed yet (run `nexus index`); "
-                   "results may miss them", err=True)
+        _note(f"{results.pending} file(s) are not indexed yet (run `nexus index`); results may miss them")
     if not results:
         raise click.exceptions.Exit(1)
+
+
+def _note(text: str | None) -> None:
+    """``nexus: note: ...`` on stderr (something the user should know; not an error)."""
+    if text:
+        click.echo(f"nexus: note: {text}", err=True)
 
 
 @cli.command("index")
 @click.option("--status", is_flag=True, help="Show what the index holds and what is queued.")
 @click.option("--rebuild", is_flag=True, help="Forget the index and build it again.")
-def index_cmd(status: bool, rebuild: bool) -> None:
-    """Bring the search index up to date now (the mount does this in the background)."""
+@click.option("--embedder", metavar="NAME",
+              help="The embedding model (with --rebuild: switch the store to it; default: the store's own).")
+def index_cmd(status: bool, rebuild: bool, embedder: str | None) -> None:
+    """Bring the search index up to date now (the mount does this in the background).
+
+    A store keeps the embedding model it was first indexed with; `--rebuild --embedder
+    NAME` switches it (and indexes everything again).
+    """
     nx = open_store()
     if status:
+        if embedder is not None:
+            _fail("--embedder goes with --rebuild (or a plain `nexus index`), not --status")
         st = nx.index_status()
         out(f"queued files:     {st.pending}" + (f" ({st.failing} failing)" if st.failing else ""))
         out(f"indexed files:    {st.files}")
         out(f"distinct content: {st.docs}" + (
             " (" + ", ".join(f"{n} {k}" for k, n in sorted(st.by_kind.items())) + ")" if st.by_kind else ""))
         out(f"semantic chunks:  {st.chunks}")
-        out(f"embedder:         {st.embedder or 'none'}" + ("" if st.vector_search else " (sqlite-vec missing)"))
+        out(f"embedder:         {st.embedder or 'none yet'}" + ("" if st.vector_search else " (sqlite-vec missing)"))
         for ino, err in st.errors:
             out(f"failing: inode {ino}: {err}")
+        _note(st.note)
         return
     with progress_bar(unit="file", desc="rebuilding" if rebuild else "indexing") as bar:
         def tick(done: int, total: int | None) -> None:
@@ -906,10 +970,11 @@ def index_cmd(status: bool, rebuild: bool) -> None:
             bar.n = done
             bar.refresh()
 
-        n = nx.reindex(rebuild=rebuild, progress=tick)
+        n = nx.reindex(rebuild=rebuild, embedder=embedder, progress=tick)
     st = nx.index_status()
     out(f"indexed {n} file(s); {st.files} files, {st.docs} distinct contents, {st.chunks} chunks in the index"
         + (f"; {st.pending} still queued" if st.pending else ""))
+    _note(st.note)
 
 
 # ------------------------------------------------------------- maintenance
@@ -997,6 +1062,7 @@ def export_cmd(with_data: bool, output: str | None, force: bool, path: str) -> N
 @click.option("--same-owner/--no-same-owner", default=None,
               help="Restore owners (default: only when running as root).")
 @click.argument("file", default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@no_index_option
 def import_cmd(under: str, same_owner: bool | None, file: str) -> None:
     """Read an export (from FILE, or stdin) into the store."""
     from .transfer import import_stream

@@ -98,12 +98,17 @@ class Config:
     background_indexing: bool = True
     #: index text for semantic search (embeddings) as well as for grep
     semantic: bool = True
-    #: embedding model for semantic search (empty: the default model)
+    #: embedding model for semantic search of a store that has none yet (empty: the default
+    #: model); a store keeps the model it was indexed with until `nexus index --rebuild
+    #: --embedder NAME` switches it
     embedder: str = ""
     #: a grep or semantic query stops after this long (seconds; 0 = no limit)
     search_timeout: float = 60.0
     #: the mount's .search results of one query may hold this much (larger: EFBIG)
     search_results_max: int = 256 * MiB
+    #: directories (by name, at any depth) whose files semantic search neither indexes nor
+    #: shows: version-control internals by default; grep still searches them
+    semantic_skip_dirs: tuple[str, ...] = (".git", ".hg", ".svn")
     #: where the config came from, for messages
     source: str = "defaults"
     #: how messages name each setting read from a file ('nexus.yaml: threads'); others by their name
@@ -138,6 +143,8 @@ class Config:
             self._bad("search_results_max", f"must be at least 64KiB, not {format_size(self.search_results_max)}")
         if self.dirty_limit < 64 * KiB:
             self._bad("dirty_limit", f"must be at least 64KiB, not {format_size(self.dirty_limit)}")
+        if self.embedder:
+            self.embedder = _embedder_name(self.embedder, "embedder")
         # (that it holds a whole block is checked when the store, and so its block size, is open)
         if self.cache_size < 0:
             self._bad("cache_size", f"must not be negative, not {self.cache_size}")
@@ -214,9 +221,40 @@ def _coerce(name: str, raw: object, what: str) -> object:
         if str(raw).lower() in ("false", "no", "off", "0"):
             return False
         raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+    if name == "semantic_skip_dirs":
+        return _name_list(raw, what)
     if raw is None:
         raise ConfigError(f"{what}: a value is required")
+    if name == "embedder":
+        return _embedder_name(str(raw), what)
     return str(raw)
+
+
+def _name_list(raw: object, what: str) -> tuple[str, ...]:
+    """Directory names: a YAML list, or one string of comma-separated names ('' or null: none)."""
+    if raw is None:
+        return ()
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{what}: expected a list of directory names, got {raw!r}")
+    names = tuple(x.strip() for x in items if x.strip())
+    bad = [x for x in names if "/" in x or x in (".", "..")]
+    if bad:
+        raise ConfigError(f"{what}: {bad[0]!r} is not a directory name")
+    return names
+
+
+def _embedder_name(raw: str, what: str) -> str:
+    """An embedder name as the registry writes it ('' stays: the default); a name no
+    embedder has is a ConfigError, not something found out at the first semantic query."""
+    if not raw.strip():
+        return ""
+    from .search.embed import check_name
+
+    try:
+        return check_name(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc.message}") from None
 
 
 def _read_yaml(path: str) -> dict[object, object]:

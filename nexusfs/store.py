@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,8 @@ class Store:
 
             self._searcher = Searcher(self.meta, self.vfs.blocks, embedder=self.config.embedder or None,
                                       semantic=self.config.semantic,
-                                      timeout=self.config.search_timeout or None)
+                                      timeout=self.config.search_timeout or None,
+                                      skip_dirs=self.config.semantic_skip_dirs)
         return self._searcher
 
     def start_indexer(self):
@@ -168,6 +170,25 @@ class Store:
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)
+
+    def mounted_by(self) -> int | None:
+        """The process id of a live mount of this store (from its lock file), or None."""
+        try:
+            with open(os.path.join(self.config.home, "mount.lock"), "rb") as f:
+                holder = f.read(4096).decode(errors="replace")
+        except OSError:
+            return None
+        m = re.search(r"\bpid (\d+)", holder)
+        if m is None:
+            return None
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a mount that died without unmounting
+        except PermissionError:
+            pass  # alive, another user's
+        return pid
 
     def blob_temp_files(self) -> list[str]:
         """Every temporary file of the blob store (of puts under way, and interrupted ones)."""

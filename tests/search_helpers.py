@@ -34,6 +34,13 @@ C_ENV = dict(os.environ, LC_ALL="C", LANG="C")
 
 Row = tuple[str, int, bytes]  # (path relative to the searched directory, line number, line)
 
+#: three short notes on unrelated topics, for semantic search tests
+NOTES = {
+    "bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
+    "bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
+    "stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
+}
+
 
 @contextmanager
 def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> Iterator[nexusfs.Nexus]:
@@ -50,6 +57,27 @@ def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> It
         yield nx
     finally:
         nx.close()
+
+
+class NexusCli:
+    """Runs ``nexus --home HOME ...`` in this process and checks its exit status."""
+
+    def __init__(self, home: str) -> None:
+        from click.testing import CliRunner
+
+        self.home = home
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int | None = 0, input: bytes | None = None):
+        """The click Result; ``code`` None accepts any exit status (a traceback never)."""
+        from nexusfs.cli import cli
+
+        result = self.runner.invoke(cli, ["--home", self.home, *args], input=input)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        if code is not None:
+            assert result.exit_code == code, (args, result.exit_code, result.output)
+        return result
 
 
 def stdlib_root() -> str:

@@ -221,11 +221,11 @@ def test_model_is_not_loaded_for_an_empty_queue_or_for_grep(store_dir, monkeypat
             assert loads == []
             nx.write_bytes("/b.txt", b"alpha gamma\n")
             assert ix.run_batch(8, background=True) == 1
-            assert loads == ["default"]
+            assert loads == ["wordllama"]  # the store's model, by the name it records
         finally:
             ix.stop()
         assert [m.path for m in nx.grep("gamma")] == ["/b.txt"]
         nx.search("alpha")
-        assert loads == ["default", "default"]
+        assert loads == ["wordllama", "wordllama"]
     finally:
         nx.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import threading
 import time
 
 import pytest
@@ -423,9 +424,10 @@ def test_a_put_whose_temp_file_gc_took_takes_another(nx, monkeypatch):
 
     real_flock = local.fcntl.flock
     raced = []
+    once = threading.Lock()  # the blocks upload in parallel: only the first upload races gc
 
     def flock(fd, op):
-        if op == fcntl.LOCK_EX and not raced:  # gc runs between mkstemp and the put's lock
+        if op == fcntl.LOCK_EX and once.acquire(blocking=False):  # gc runs between mkstemp and the lock
             raced.append(nx.store.remove_stale_temp_files())
         return real_flock(fd, op)
 

@@ -11,12 +11,10 @@ import os
 import re
 
 import pytest
-from click.testing import CliRunner
 
 import nexusfs
-from nexusfs.cli import cli
 from nexusfs.search.indexer import Indexer
-from tests.search_helpers import C_ENV, STORE_SETTINGS
+from tests.search_helpers import C_ENV, NOTES, STORE_SETTINGS, NexusCli
 
 TREE = {
     "src/app.py": b"import os\nimport sys\n\ndef main():\n    print('TODO: hello')\n",
@@ -27,19 +25,6 @@ TREE = {
     "bin/tool.dat": b"\0\x01TODO binary\n",
     "latin.txt": "caf\xe9 TODO\n".encode("latin-1"),
 }
-
-
-class Nexus:
-    def __init__(self, home: str) -> None:
-        self.home = home
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, code: int = 0):
-        result = self.runner.invoke(cli, ["--home", self.home, *args])
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        assert result.exit_code == code, (args, result.exit_code, result.output)
-        return result
 
 
 @pytest.fixture
@@ -55,7 +40,7 @@ def tree(tmp_path):
     for p, d in TREE.items():
         os.makedirs(local / os.path.dirname(p), exist_ok=True)
         (local / p).write_bytes(d)
-    return Nexus(home), str(local)
+    return NexusCli(home), str(local)
 
 
 def gnu(local: str, *args: str) -> tuple[int, list[bytes]]:
@@ -169,9 +154,7 @@ def test_index_commands(tree, monkeypatch):
 
 # ------------------------------------------------------------------ semantic
 SEM_DOCS = {
-    "/notes/bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
-    "/notes/bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
-    "/notes/stars.md": "# Stars\n\nA telescope on a dark night shows nebulae, clusters and distant galaxies.\n",
+    **{f"/notes/{name}": text for name, text in NOTES.items()},
     "/notes/taxes.md": "# Taxes\n\nFile the annual return before the deadline and keep receipts for deductions.\n",
 }
 
@@ -185,7 +168,7 @@ def semantic_home(tmp_path):
         nx.write_many({p: t.encode() for p, t in SEM_DOCS.items()})
     finally:
         nx.close()
-    return Nexus(home)
+    return NexusCli(home)
 
 
 HIT = re.compile(r"^(\d\.\d{3}) (/\S+):(\d+)-(\d+)  (.+)$")
@@ -218,7 +201,7 @@ def test_search_output(semantic_home):
     out = nexus("search", "--json", "-k", "2", "money owed to the government").stdout.splitlines()
     assert len(out) == 2
     rows = [json.loads(x) for x in out]
-    assert set(rows[0]) == {"score", "path", "start_line", "end_line", "snippet"}
+    assert set(rows[0]) == {"score", "path", "start_line", "end_line", "snippet", "paths"}
     assert rows[0]["path"] == "/notes/taxes.md"
     # scoped to a directory
     assert nexus("search", "bread", "/notes").stdout.startswith(

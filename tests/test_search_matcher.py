@@ -177,3 +177,18 @@ def test_patterns_the_engine_cannot_compile_are_einval(nx, pattern, reason):
         nx.grep(pattern, "/")
     assert exc.value.errno == errno.EINVAL
     assert reason in str(exc.value)
+
+
+def test_where_no_worker_can_start_lines_are_matched_here(monkeypatch, caplog):
+    """A user who cannot run this Python (an ordinary user, root's interpreter) still
+    greps: in the calling process, with a warning that the time limit cannot apply."""
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    pool = MatcherPool()
+    try:
+        with caplog.at_level("WARNING", logger="nexusfs.search"):
+            got = list(pool.match("b", GrepOptions(), [(b"a\nb\n", 1), (b"bb\n", 5)], QueryGuard()))
+        assert got == [[(2, b"b")], [(5, b"bb")]]
+        assert "cannot start a grep worker process (/nonexistent/python3)" in caplog.text
+        assert pool._in_use == 0 and not matcher_children(os.getpid())
+    finally:
+        pool.close()

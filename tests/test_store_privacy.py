@@ -15,8 +15,10 @@ import sys
 import textwrap
 
 import pytest
+from click.testing import CliRunner
 
 import nexusfs
+from nexusfs.cli import cli
 from tests.mount_helpers import NOBODY, as_user
 from tests.mountutil import force_unmount, fuse_usable
 
@@ -41,14 +43,10 @@ def nexus_as_nobody(*args: str, env: dict[str, str] | None = None) -> tuple[int,
     """``nexus ARGS`` run by the user nobody: (exit status, stdout, stderr). It runs in a
     forked child (nobody cannot start this Python: it lives in root's home directory)."""
     def child() -> tuple[int, str, str]:
-        from click.testing import CliRunner
-
-        from nexusfs.cli import cli
-
         res = CliRunner().invoke(cli, list(args), env=env)
         return res.exit_code, res.stdout, res.stderr
 
-    return as_user(child, cwd="/")
+    return as_user(child, cwd="/")  # (modules it needs are imported here, above: nobody cannot read them)
 
 
 def loose_paths(top: str, owner: int | None = None) -> list[str]:

@@ -186,7 +186,9 @@ CREATE TABLE index_jobs (
 --                (text extracted for semantic search only), 'large' (too large to index:
 --                always scanned)
 --   size       : content length in bytes
---   chunks     : number of search_chunks rows (semantic pieces)
+--   chunks     : number of search_chunks rows (semantic pieces); -1: not cut into chunks
+--                (indexed where semantic indexing could not run, or only found in a
+--                directory it skips): the next semantic indexer to meet one of its files does it
 --   indexed_ns : when it was indexed
 CREATE TABLE search_docs (
     id         {ID},

@@ -224,7 +224,7 @@ def get_embedder(name: str | None = None) -> Embedder:
     Raises ConfigError, with one line saying what to do, for an unknown name or a missing
     package.
     """
-    name = (name or DEFAULT_EMBEDDER).strip().lower()
+    name = normalise_name(name)
     got = _LOADED.get(name)
     if got is not None:
         return got
@@ -244,13 +244,35 @@ def get_embedder(name: str | None = None) -> Embedder:
     return got
 
 
+def normalise_name(name: str | None) -> str:
+    """An embedder name as the registry knows it ('' and None: the default)."""
+    return (name or DEFAULT_EMBEDDER).strip().lower() or DEFAULT_EMBEDDER
+
+
+def check_name(name: str) -> str:
+    """``name`` normalised; ConfigError (one line) if no embedder has that name."""
+    name = normalise_name(name)
+    _entry(name)
+    return name
+
+
+def embedder_for_model(model_id: str) -> str | None:
+    """The registry name of the embedder that makes ``model_id``'s vectors, if any
+    (without loading anything: only classes that declare their model_id count)."""
+    for name, entry in _REGISTRY.items():
+        if getattr(entry.factory, "model_id", None) == model_id:
+            return name
+    got = [name for name, emb in _LOADED.items() if emb.model_id == model_id]
+    return got[0] if got else None
+
+
 def embedder_identity(name: str | None = None) -> tuple[str, int]:
     """(model_id, dim) of the embedder ``name`` without loading its model, when its class
     declares both (the built-in ones do); otherwise the model is loaded to ask it.
 
     Raises ConfigError like ``get_embedder`` for an unknown name or a missing package.
     """
-    name = (name or DEFAULT_EMBEDDER).strip().lower()
+    name = normalise_name(name)
     got = _LOADED.get(name)
     if got is not None:
         return got.model_id, got.dim

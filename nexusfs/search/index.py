@@ -31,6 +31,8 @@ MAX_BACKOFF_S = 3600
 LEASE_S = 120
 
 TEXT_KINDS = ("text",)
+#: ``search_docs.chunks`` of a doc that was not cut into chunks for semantic search
+NOT_CHUNKED = -1
 #: docs grep cannot rule out from the trigram index: always scanned ('raw': text that is
 #: not UTF-8, as earlier builds indexed it; now it is 'nonutf8', in the trigram index)
 ALWAYS_SCAN_KINDS = ("raw", "large")
@@ -62,8 +64,31 @@ class IndexStatus:
     chunks: int  # semantic pieces
     by_kind: dict[str, int]
     errors: list[tuple[int, str]]  # (inode, last error) of failing jobs
-    embedder: str | None
+    embedder: str | None  # the store's embedding model (registry name), None before any
     vector_search: bool
+    #: why this process's configuration is not followed (it names another model), if it is not
+    note: str | None = None
+
+
+#: settings (``meta`` rows) naming the store's embedding model: "model_id:dim", and the
+#: embedder's registry name (stores indexed before it was recorded have only the first)
+EMBEDDER_KEY = "search_embedder"
+EMBEDDER_NAME_KEY = "search_embedder_name"
+
+
+@dataclass(frozen=True)
+class EmbedderRecord:
+    """An embedding model as a store records it."""
+
+    name: str  # the embedder's registry name ('wordllama'), as configuration writes it
+    model_id: str  # exactly which model and settings made the vectors
+    dim: int
+
+
+def _registry_name(model_id: str) -> str | None:
+    from .embed import embedder_for_model
+
+    return embedder_for_model(model_id)
 
 
 def _now() -> int:
@@ -75,6 +100,7 @@ class SearchIndex:
         self.db = db
         self.vector_search = bool(getattr(db, "vector_search", False))
         self._dim: int | None = None
+        self._tables_seen = False  # the full-text tables exist (they are never dropped)
         self._vocab_ready = False
         self._stemmer: Any = None
 
@@ -88,16 +114,38 @@ class SearchIndex:
             (key, value),
         )
 
-    def ensure_tables(self, embedder: str | None, dim: int | None) -> bool:
-        """Create the full-text tables, and the vector table for ``embedder`` (a model id).
+    def recorded_embedder(self) -> EmbedderRecord | None:
+        """The model whose vectors this store holds (recorded by the first indexer that
+        embedded anything, changed only by ``rebuild(embedder=...)``), or None."""
+        value = self.setting(EMBEDDER_KEY)
+        if not value or ":" not in value:
+            return None
+        model_id, dim = value.rsplit(":", 1)
+        name = self.setting(EMBEDDER_NAME_KEY) or _registry_name(model_id) or model_id
+        return EmbedderRecord(name, model_id, int(dim))
 
-        Returns True when the embedder changed (or vectors were added), so every
-        doc must be indexed again for semantic search.
-        """
+    def attach(self) -> EmbedderRecord | None:
+        """Find the tables other processes made, without writing anything: queries of a
+        store that was never indexed simply find nothing. Returns the recorded model."""
+        self.has_tables()
+        record = self.recorded_embedder()
+        has_vectors = record is not None and self.vector_search and self.db.table_exists("search_vectors")
+        self._dim = record.dim if has_vectors else None
+        return record
+
+    def ensure_tables(self, wanted: EmbedderRecord | None) -> EmbedderRecord | None:
+        """Create the full-text tables, and the vector table for ``wanted`` if the store
+        has no model yet. A store that has one keeps it, whatever ``wanted`` says (see
+        ``rebuild`` for switching): the recorded model is returned, and only vectors of
+        that model may be added. Writes nothing when everything exists already."""
         if self.db.dialect_name != "sqlite":
             raise StoreError(f"search indexing is not available for {self.db.dialect_name} yet")
+        record = self.attach()
+        vectors_needed = self.vector_search and (record or wanted) is not None
+        if self._tables_seen and (self._dim is not None or not vectors_needed):
+            return record
         with self.db.transaction():
-            if not self.db.table_exists("search_trigrams"):
+            if not self.tables_exist():
                 self.db.execute(
                     "CREATE VIRTUAL TABLE search_trigrams USING fts5(content, content='', "
                     "contentless_delete=1, tokenize='trigram', detail='none')"
@@ -106,36 +154,36 @@ class SearchIndex:
                     "CREATE VIRTUAL TABLE search_chunk_text USING fts5(text, content='search_chunks', "
                     "content_rowid='id', tokenize='porter unicode61')"
                 )
-            if embedder is None or dim is None or not self.vector_search:
-                return False
-            current = self.setting("search_embedder")
-            want = f"{embedder}:{dim}"
-            if current == want and self.db.table_exists("search_vectors"):
-                self._dim = dim
-                return False
-            if self.db.table_exists("search_vectors"):
-                self.db.execute("DROP TABLE search_vectors")
-            self.db.execute(f"CREATE VIRTUAL TABLE search_vectors USING vec0(embedding float[{int(dim)}])")
-            self._set("search_embedder", want)
-            self._dim = dim
-            if current is None and not self.db.query_value("SELECT COUNT(*) FROM search_docs"):
-                return False
-            # vectors of another model are useless: index everything again
-            self._clear_docs()
-            self.db.execute(
-                "INSERT INTO index_jobs (inode, queued_ns) SELECT id, ? FROM inodes WHERE (mode & 61440) = 32768 "
-                "ON CONFLICT (inode) DO NOTHING",
-                (_now(),),
-            )
-            return True
+            record = self.recorded_embedder()  # again, in the transaction: another process may have won
+            if vectors_needed and record is None:
+                assert wanted is not None
+                self._make_vector_table(wanted)
+                record = wanted
+            elif vectors_needed and not self.db.table_exists("search_vectors"):
+                self._make_vector_table(record)
+        return self.attach()
+
+    def _make_vector_table(self, record: EmbedderRecord) -> None:
+        """(In a transaction) an empty vector table for ``record``'s model, recorded as the store's."""
+        if self.db.table_exists("search_vectors"):
+            self.db.execute("DROP TABLE search_vectors")
+        self.db.execute(f"CREATE VIRTUAL TABLE search_vectors USING vec0(embedding float[{int(record.dim)}])")
+        self._set(EMBEDDER_KEY, f"{record.model_id}:{record.dim}")
+        self._set(EMBEDDER_NAME_KEY, record.name)
 
     def tables_exist(self) -> bool:
         """Whether ``ensure_tables`` ran on this store before (in any process)."""
         return self.db.table_exists("search_trigrams")
 
+    def has_tables(self) -> bool:
+        """``tables_exist``, remembered once true (the tables are never dropped)."""
+        if not self._tables_seen:
+            self._tables_seen = self.tables_exist()
+        return self._tables_seen
+
     @property
     def vector_dim(self) -> int | None:
-        """Dimensions of the vector table, once ``ensure_tables`` made or found it."""
+        """Dimensions of the vector table, once ``attach`` or ``ensure_tables`` found it."""
         return self._dim
 
     def _vectors_removed(self) -> None:
@@ -151,11 +199,15 @@ class SearchIndex:
         self.db.execute("DELETE FROM search_files")
         self.db.execute("DELETE FROM search_docs")
 
-    def rebuild(self) -> int:
-        """Forget the whole index and queue every file; returns how many."""
+    def rebuild(self, embedder: EmbedderRecord | None = None) -> int:
+        """Forget the whole index and queue every file; returns how many. ``embedder``
+        (if given) becomes the store's model: the only way the model ever changes."""
+        self.ensure_tables(embedder)
         with self.db.transaction():
             self._clear_docs()
-            if self.db.table_exists("search_vectors"):
+            if embedder is not None and self.vector_search:
+                self._make_vector_table(embedder)
+            elif self.db.table_exists("search_vectors"):
                 self.db.execute("DELETE FROM search_vectors")
             self.db.execute(
                 "INSERT INTO index_jobs (inode, queued_ns) SELECT id, ? FROM inodes WHERE (mode & 61440) = 32768 "
@@ -163,16 +215,20 @@ class SearchIndex:
                 "not_before_ns = 0, claimed_until_ns = 0, last_error = NULL",
                 (_now(),),
             )
-            return self.db.query_value("SELECT COUNT(*) FROM index_jobs", (), 0)
+            count = self.db.query_value("SELECT COUNT(*) FROM index_jobs", (), 0)
+        self.attach()
+        return count
 
     # ------------------------------------------------------------------ jobs
-    def claim_jobs(self, limit: int = 32, lease_s: float = LEASE_S) -> list[Job]:
+    def claim_jobs(self, limit: int = 32, lease_s: float = LEASE_S, since_ns: int = 0) -> list[Job]:
+        """Up to ``limit`` jobs due now (queued at ``since_ns`` or later), oldest first,
+        claimed for ``lease_s``."""
         t = _now()
         with self.db.transaction():
             rows = self.db.query(
                 "SELECT inode, queued_ns, attempts FROM index_jobs "
-                "WHERE not_before_ns <= ? AND claimed_until_ns <= ? ORDER BY queued_ns LIMIT ?",
-                (t, t, limit),
+                "WHERE not_before_ns <= ? AND claimed_until_ns <= ? AND queued_ns >= ? ORDER BY queued_ns LIMIT ?",
+                (t, t, since_ns, limit),
             )
             if rows:
                 until = t + int(lease_s * 1e9)
@@ -207,7 +263,10 @@ class SearchIndex:
             (_now() + int(delay * 1e9), error[:500], job.inode),
         )
 
-    def pending_count(self) -> int:
+    def pending_count(self, since_ns: int = 0) -> int:
+        """Files waiting to be indexed (queued at ``since_ns`` or later)."""
+        if since_ns:
+            return self.db.query_value("SELECT COUNT(*) FROM index_jobs WHERE queued_ns >= ?", (since_ns,), 0)
         return self.db.query_value("SELECT COUNT(*) FROM index_jobs", (), 0)
 
     def pending_inodes(self) -> list[int]:
@@ -225,10 +284,14 @@ class SearchIndex:
         size: int,
         *,
         trigram_text: str | None,
-        chunks: Sequence[tuple[int, int, int, str]] = (),
+        chunks: Sequence[tuple[int, int, int, str]] | None = (),
         vectors: Sequence[bytes] | None = None,
+        model_id: str | None = None,
     ) -> int:
-        """Record one distinct content: its trigrams, chunks (seq, start, end, text) and vectors."""
+        """Record one distinct content: its trigrams, chunks (seq, start, end, text) and
+        vectors (made by ``model_id``). ``chunks`` None: not cut into chunks (semantic
+        indexing was off, or the file lies in a skipped directory); ``add_chunks`` may
+        complete it later."""
         with self.db.transaction():
             existing = self.doc_by_digest(digest)
             if existing is not None:
@@ -236,21 +299,45 @@ class SearchIndex:
             doc = self.db.query_value(
                 "INSERT INTO search_docs (digest, kind, size, chunks, indexed_ns) VALUES (?, ?, ?, ?, ?) "
                 "RETURNING id",
-                (digest, kind, size, len(chunks), _now()),
+                (digest, kind, size, NOT_CHUNKED if chunks is None else len(chunks), _now()),
             )
             if trigram_text is not None:
                 self.db.execute("INSERT INTO search_trigrams (rowid, content) VALUES (?, ?)", (doc, trigram_text))
-            use_vectors = vectors is not None and self._dim is not None
-            for i, (seq, start, end, text) in enumerate(chunks):
-                cid = self.db.query_value(
-                    "INSERT INTO search_chunks (doc, seq, start_line, end_line, text) VALUES (?, ?, ?, ?, ?) "
-                    "RETURNING id",
-                    (doc, seq, start, end, text),
-                )
-                self.db.execute("INSERT INTO search_chunk_text (rowid, text) VALUES (?, ?)", (cid, text))
-                if use_vectors:
-                    self.db.execute("INSERT INTO search_vectors (rowid, embedding) VALUES (?, ?)", (cid, vectors[i]))
+            self._insert_chunks(doc, chunks or (), vectors, model_id)
             return doc
+
+    def add_chunks(self, doc: int, kind: str, chunks: Sequence[tuple[int, int, int, str]],
+                   vectors: Sequence[bytes] | None, model_id: str | None) -> None:
+        """Complete a doc recorded without chunks (see ``add_doc``); ``kind`` may say now
+        that a 'binary' doc is a PDF or DOCX file."""
+        with self.db.transaction():
+            if self.doc_chunks(doc) != NOT_CHUNKED:
+                return  # gone, or another indexer was first
+            self.db.execute("UPDATE search_docs SET chunks = ?, kind = ? WHERE id = ?", (len(chunks), kind, doc))
+            self._insert_chunks(doc, chunks, vectors, model_id)
+
+    def doc_chunks(self, doc: int) -> int | None:
+        """A doc's chunk count (NOT_CHUNKED if it was never cut into chunks), None if gone."""
+        return self.db.query_value("SELECT chunks FROM search_docs WHERE id = ?", (doc,))
+
+    def _insert_chunks(self, doc: int, chunks: Sequence[tuple[int, int, int, str]],
+                       vectors: Sequence[bytes] | None, model_id: str | None) -> None:
+        use_vectors = vectors is not None and self._dim is not None
+        if use_vectors:
+            record = self.recorded_embedder()
+            if record is None or record.model_id != model_id:
+                # the store switched models while these vectors were made: the job is retried
+                raise StoreError(f"the store's embedding model changed to "
+                                 f"{record.name if record else 'none'} while indexing")
+        for i, (seq, start, end, text) in enumerate(chunks):
+            cid = self.db.query_value(
+                "INSERT INTO search_chunks (doc, seq, start_line, end_line, text) VALUES (?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (doc, seq, start, end, text),
+            )
+            self.db.execute("INSERT INTO search_chunk_text (rowid, text) VALUES (?, ?)", (cid, text))
+            if use_vectors:
+                self.db.execute("INSERT INTO search_vectors (rowid, embedding) VALUES (?, ?)", (cid, vectors[i]))
 
     def set_file(self, inode: int, doc: int, data_version: int) -> None:
         """Point a file at its doc, unless a newer version was recorded meanwhile."""
@@ -293,7 +380,7 @@ class SearchIndex:
     # --------------------------------------------------------------- queries
     def trigram_docs(self, expression: str) -> set[int]:
         """Docs whose text may contain what the FTS5 trigram expression requires."""
-        if expression == "":
+        if expression == "" or not self.has_tables():
             return set()
         return {r[0] for r in self.db.query(
             "SELECT rowid FROM search_trigrams WHERE search_trigrams MATCH ?", (expression,))}
@@ -330,7 +417,7 @@ class SearchIndex:
         )
 
     def bm25_chunks(self, expression: str, k: int) -> list[tuple[int, float]]:
-        if not expression:
+        if not expression or not self.has_tables():
             return []
         return self.db.query(
             "SELECT rowid, bm25(search_chunk_text) FROM search_chunk_text WHERE search_chunk_text MATCH ? "
@@ -340,7 +427,7 @@ class SearchIndex:
 
     def bm25_chunks_of_docs(self, expression: str, docs: Iterable[int], k: int) -> list[tuple[int, float]]:
         """The best ``k`` chunks of ``docs`` by BM25 (with the whole index's statistics), best first."""
-        if not expression:
+        if not expression or not self.has_tables():
             return []
         out = self.db.query_in(
             "SELECT rowid, bm25(search_chunk_text) FROM search_chunk_text WHERE search_chunk_text MATCH ? "
@@ -353,7 +440,7 @@ class SearchIndex:
     def term_doc_counts(self, words: Sequence[str]) -> dict[str, int]:
         """How many chunks contain each word (after the BM25 table's porter stemming)."""
         conn = getattr(self.db, "conn", None)
-        if conn is None or not words:
+        if conn is None or not words or not self.has_tables():
             return {}
         if not self._vocab_ready:
             self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_chunk_vocab "
@@ -404,7 +491,7 @@ class SearchIndex:
         by_kind = dict(self.db.query("SELECT kind, COUNT(*) FROM search_docs GROUP BY kind"))
         errors = self.db.query(
             "SELECT inode, last_error FROM index_jobs WHERE last_error IS NOT NULL ORDER BY inode LIMIT 20")
-        emb = self.setting("search_embedder")
+        record = self.recorded_embedder()
         return IndexStatus(
             pending=self.pending_count(),
             failing=self.db.query_value("SELECT COUNT(*) FROM index_jobs WHERE attempts > 0", (), 0),
@@ -413,6 +500,6 @@ class SearchIndex:
             chunks=self.db.query_value("SELECT COUNT(*) FROM search_chunks", (), 0),
             by_kind=by_kind,
             errors=[(r[0], r[1]) for r in errors],
-            embedder=emb.rsplit(":", 1)[0] if emb else None,  # the model id
+            embedder=record.name if record else None,
             vector_search=self.vector_search,
         )

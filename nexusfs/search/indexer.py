@@ -22,14 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import paths
 from ..blocks import BlockLayer
 from ..config import Config
 from ..errors import NexusError
 from ..meta.db import open_database
 from ..meta.engine import MetadataEngine
 from .content import content_digest, read_committed
+from .embed import normalise_name
 from .grep import is_binary
-from .index import SearchIndex
+from .index import NOT_CHUNKED, EmbedderRecord, SearchIndex
 
 log = logging.getLogger("nexusfs.index")
 
@@ -56,13 +58,16 @@ BACKGROUND_BATCH = 8
 class IndexedContent:
     kind: str
     trigram_text: str | None
-    chunks: list[tuple[int, int, int, str]]
+    #: None: not cut into chunks (semantic indexing off here, or the file is in a skipped directory)
+    chunks: list[tuple[int, int, int, str]] | None
 
 
 class Indexer:
     def __init__(self, config: Config, blocks: BlockLayer, *, semantic: bool = True,
                  embedder: str | None = None, last_activity: Callable[[], float] | None = None) -> None:
-        """``last_activity``: time.monotonic() of the store's last foreground work in this
+        """``embedder``: the model this process is configured with. It is used only for a
+        store that has none yet; a store keeps the model it records (see ``prepare``).
+        ``last_activity``: time.monotonic() of the store's last foreground work in this
         process; the background loop yields to it (see QUIET_S). Foreground calls
         (``run_until_idle``) never wait."""
         self.config = config
@@ -74,19 +79,25 @@ class Indexer:
         self.meta.load_settings()
         self.index = SearchIndex(self.db)
         self.semantic = semantic and self.index.vector_search
-        self.embedder_name = embedder
+        self.configured = normalise_name(embedder) if embedder else None
+        #: the model in use: the store's, or (before it has one) the configured one
+        self.embedder_name: str | None = self.configured
+        self.skip_dirs = frozenset(paths.encode(d) for d in config.semantic_skip_dirs)
+        self._record: EmbedderRecord | None = None
+        self._prepared = False
+        self._log_note = False
         self._embedder: Any = None
         self._embedder_error: str | None = None
         self._identity: tuple[str, int] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tables_ready = False
         self.indexed = 0
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self._thread is None:
+            self._log_note = True  # nobody else tells this process's user about its configuration
             self._thread = threading.Thread(target=self._loop, name="nexus-indexer", daemon=True)
             self._thread.start()
 
@@ -115,22 +126,47 @@ class Indexer:
 
     def _semantic(self, attr: str, get: Callable[[str | None], tuple[Any, str | None]]) -> Any:
         """``self.<attr>``, made by ``get`` on first use; None once semantic indexing is off
-        (switched off, or the model could not be had: logged once)."""
+        (switched off, or the store's model could not be had: logged once)."""
         if not self.semantic or self._embedder_error is not None:
             return None
         if getattr(self, attr) is None:
             value, self._embedder_error = get(self.embedder_name)
+            if value is not None and self._record is not None:
+                model_id = value[0] if isinstance(value, tuple) else value.model_id
+                if model_id != self._record.model_id:
+                    value, self._embedder_error = None, (
+                        f"this store's vectors were made by {self._record.model_id}, which this "
+                        f"version's {self.embedder_name} does not make; run `nexus index --rebuild`")
             setattr(self, attr, value)
             if value is None:
                 log.warning("semantic indexing is off: %s", self._embedder_error)
         return getattr(self, attr)
 
     def prepare(self) -> None:
-        if self._tables_ready:
-            return
-        model_id, dim = self.identity() or (None, None)
-        self.index.ensure_tables(model_id, dim)
-        self._tables_ready = True
+        """Use the store's model (recording the configured one on a store without any).
+        Looked up before every batch: another process may have switched it meanwhile."""
+        record = self.index.attach()
+        if record is None or not self._prepared:
+            wanted = None
+            ident = self.identity() if record is None else None
+            if ident is not None:
+                wanted = EmbedderRecord(normalise_name(self.embedder_name), *ident)
+            record = self.index.ensure_tables(wanted)
+            self._prepared = True
+        if record != self._record:
+            self._use(record)
+
+    def _use(self, record: EmbedderRecord | None) -> None:
+        """Index with ``record``'s model from now on."""
+        self._record = record
+        name = record.name if record is not None else self.configured
+        if name != self.embedder_name or record is not None:
+            self._embedder = self._identity = self._embedder_error = None
+        self.embedder_name = name
+        note = embedder_note(record, self.configured)
+        if note and self._log_note:
+            log.warning("%s", note)
+            self._log_note = False
 
     # ------------------------------------------------------------------ work
     def _loop(self) -> None:
@@ -172,12 +208,13 @@ class Indexer:
             self._stop.wait(pause)
             waited += pause
 
-    def run_batch(self, limit: int = 32, background: bool = False) -> int:
-        """Index up to ``limit`` queued files; returns how many jobs were handled."""
+    def run_batch(self, limit: int = 32, background: bool = False, since_ns: int = 0) -> int:
+        """Index up to ``limit`` queued files (queued at ``since_ns`` or later); returns
+        how many jobs were handled."""
         self.prepare()
         if background:
             self._yield_to_foreground()
-        jobs = self.index.claim_jobs(limit)
+        jobs = self.index.claim_jobs(limit, since_ns=since_ns)
         for n, job in enumerate(jobs):
             if background:
                 self._yield_to_foreground()
@@ -194,19 +231,21 @@ class Indexer:
             self.indexed += 1
         return len(jobs)
 
-    def run_until_idle(self, progress: Progress | None = None) -> int:
-        """Work through the whole queue in the calling thread (``nexus index``)."""
+    def run_until_idle(self, progress: Progress | None = None, since_ns: int = 0) -> int:
+        """Work through the queue in the calling thread (``nexus index``): all of it, or the
+        files queued at ``since_ns`` or later (what one command wrote)."""
         self.prepare()
-        total = self.index.pending_count()
+        total = self.index.pending_count(since_ns)
         done = 0
         while not self._stop.is_set():
-            n = self.run_batch(64)
+            n = self.run_batch(64, since_ns=since_ns)
             if n == 0:
                 break
             done += n
             if progress:
                 progress(done, max(total, done))
-        self.index.collect_docs(limit=1 << 30)
+        if not since_ns:  # a whole run also clears out what no file uses any more
+            self.index.collect_docs(limit=1 << 30)
         return done
 
     def index_file(self, ino: int) -> None:
@@ -233,6 +272,13 @@ class Indexer:
             doc = self._index_content(ino, digest, size, inline, block_map)
         else:
             doc = found[0]
+            if self.index.doc_chunks(doc) == NOT_CHUNKED and self._wants_chunks(ino):
+                # indexed before without semantic search: this file needs its chunks
+                data = read_committed(self.meta, self.blocks, ino, size, inline, block_map)
+                kind, chunks = self._chunks_of(data, ino, found[1])
+                vectors, model_id = self._embed(chunks)
+                if vectors is not None or not chunks:
+                    self.index.add_chunks(doc, kind, chunks, vectors, model_id)
         self.index.set_file(ino, doc, version)
 
     def _index_content(self, ino: int, digest: bytes, size: int, inline: bytes | None,
@@ -241,15 +287,22 @@ class Indexer:
             return self.index.add_doc(digest, "large", size, trigram_text=None)
         data = read_committed(self.meta, self.blocks, ino, size, inline, block_map)
         content = self.analyse(data, ino)
-        vectors = None
-        emb = self.embedder() if content.chunks else None
-        if emb is not None:
-            vecs = emb.embed([c[3] for c in content.chunks])
-            vectors = [v.astype("float32").tobytes() for v in vecs]
+        chunks = content.chunks
+        vectors, model_id = self._embed(chunks or [])
+        if chunks and vectors is None:
+            chunks = None  # the model failed to load: leave the chunks to a process that has it
         return self.index.add_doc(
             digest, content.kind, size, trigram_text=content.trigram_text,
-            chunks=content.chunks if emb is not None else [], vectors=vectors,
+            chunks=chunks, vectors=vectors, model_id=model_id,
         )
+
+    def _embed(self, chunks: list[tuple[int, int, int, str]]) -> tuple[list[bytes] | None, str | None]:
+        """(the chunks' vectors, the model that made them), or (None, None) without a model."""
+        emb = self.embedder() if chunks else None
+        if emb is None:
+            return None, None
+        vecs = emb.embed([c[3] for c in chunks])
+        return [v.astype("float32").tobytes() for v in vecs], emb.model_id
 
     def analyse(self, data: bytes, ino: int) -> IndexedContent:
         """Kind, grep text and semantic chunks of one content."""
@@ -270,18 +323,42 @@ class Indexer:
                 kind = "large"
             else:
                 trigram_text = text
-        chunks: list[tuple[int, int, int, str]] = []
-        if self.semantic and data and self.identity() is not None:
-            from .chunk import chunk_text
-            from .extract import extract_text
-
-            name = self._name_of(ino)
-            extracted = extract_text(data, name)
-            if extracted is not None and extracted.text.strip():
-                if kind == "binary" and extracted.kind in ("pdf", "docx"):
-                    kind = extracted.kind
-                chunks = [(c.seq, c.start_line, c.end_line, c.text) for c in chunk_text(extracted.text)]
+        chunks = None
+        if self._wants_chunks(ino):
+            kind, chunks = self._chunks_of(data, ino, kind)
         return IndexedContent(kind, trigram_text, chunks)
+
+    def _chunks_of(self, data: bytes, ino: int, kind: str) -> tuple[str, list[tuple[int, int, int, str]]]:
+        """(kind, semantic chunks) of a content: a 'binary' one may turn out a PDF or DOCX."""
+        if not data:
+            return kind, []
+        from .chunk import chunk_text, meaningful_chunks
+        from .extract import extract_text
+
+        extracted = extract_text(data, self._name_of(ino))
+        if extracted is None or not extracted.text.strip():
+            return kind, []
+        if kind == "binary" and extracted.kind in ("pdf", "docx"):
+            kind = extracted.kind
+        chunks = meaningful_chunks(chunk_text(extracted.text))
+        return kind, [(c.seq, c.start_line, c.end_line, c.text) for c in chunks]
+
+    def _wants_chunks(self, ino: int) -> bool:
+        """Whether a file's text is to be cut into chunks and embedded: semantic indexing
+        runs here, and the file has a name outside the skipped directories (.git ...)."""
+        return self.semantic and self.identity() is not None and not self._only_in_skipped_dirs(ino)
+
+    def _only_in_skipped_dirs(self, ino: int) -> bool:
+        if not self.skip_dirs:
+            return False
+        for parent, _name in self.meta.names_of(ino):
+            try:
+                where = self.meta.path_of(parent)
+            except OSError:
+                continue
+            if not self.skip_dirs.intersection(where.split(b"/")):
+                return False
+        return True
 
     def _name_of(self, ino: int) -> str:
         name = self.db.query_value("SELECT name FROM dentries WHERE inode = ? LIMIT 1", (ino,))
@@ -306,6 +383,15 @@ def embedder_identity(name: str | None) -> tuple[tuple[str, int] | None, str | N
         return identity(name), None
     except (NexusError, ImportError, OSError) as exc:
         return None, str(exc)
+
+
+def embedder_note(record: EmbedderRecord | None, configured: str | None) -> str | None:
+    """The sentence telling a process configured with another model than its store's
+    what is going on (None when they agree, or nothing was configured)."""
+    if record is None or not configured or normalise_name(configured) == record.name:
+        return None
+    return (f"this store indexes with {record.name}; "
+            f"run `nexus index --rebuild --embedder {normalise_name(configured)}` to switch")
 
 
 def wait_for_index(index: SearchIndex, timeout: float) -> bool:

@@ -23,6 +23,7 @@ workers, so killing one query's workers never touches another query.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import queue
@@ -42,6 +43,8 @@ from typing import Any
 
 from ..errors import NexusError
 from .grep import GrepOptions, Spans, span_matcher
+
+log = logging.getLogger("nexusfs.search")
 
 #: a batch sent to one worker holds up to this many bytes of content (whole lines)
 BATCH_BYTES = 1 << 20
@@ -66,6 +69,11 @@ Lines = list[tuple[int, bytes]]
 class SearchStopped(NexusError):
     """A query was stopped: it ran out of time (ETIMEDOUT), its reader went away (EINTR),
     or its matching needed more memory than a worker may use (ENOMEM)."""
+
+
+class WorkersUnavailable(SearchStopped):
+    """No worker process can be started here (the Python program cannot be run, no
+    memory or processes left)."""
 
 
 @dataclass
@@ -180,6 +188,7 @@ class MatcherPool:
         self._spawn_requests: queue.Queue[Any] = queue.Queue()
         self._spawner: threading.Thread | None = None
         self._closed = False
+        self._warned = False
 
     # -------------------------------------------------------------- workers
     def _spawn(self) -> _Worker:
@@ -270,13 +279,32 @@ class MatcherPool:
         A unit is a whole content or a piece of one cut at a line boundary; line numbers
         in the results count from the unit's first line. Raises SearchStopped when
         ``guard`` trips (the query's workers are then killed)."""
-        run = _Run(self, (pattern, opts, prefilter, max_count), guard)
+        try:
+            workers = self.acquire(guard)
+        except WorkersUnavailable as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: grep matches in this process instead (a runaway pattern is not "
+                            "stopped by the time limit)", exc.message)
+            yield from _match_here(pattern, opts, units, guard, prefilter, max_count)
+            return
+        run = _Run(self, (pattern, opts, prefilter, max_count), guard, workers)
         try:
             yield from run.results(units)
         except BaseException:
             run.finish(ok=False)
             raise
         run.finish(ok=True)
+
+
+def _match_here(pattern: str, opts: GrepOptions, units: Iterable[tuple[bytes, int]], guard: QueryGuard,
+                prefilter: bool, max_count: int | None) -> Iterator[Lines]:
+    """The worker's matching, in this process: where no worker process can be started."""
+    spans = span_matcher(pattern, opts, prefilter=prefilter)
+    for data, first in units:
+        guard.check()
+        found = spans(data)[:max_count]
+        yield [(n + first - 1, data[a:b]) for n, a, b in found]
 
 
 def _start_worker() -> _Worker:
@@ -295,7 +323,8 @@ def _start_worker() -> _Worker:
     except OSError as exc:
         parent_end.close()
         os.close(shm_fd)
-        raise SearchStopped(f"cannot start a grep worker process: {exc.strerror}", exc.errno or errno.EAGAIN) from None
+        raise WorkersUnavailable(f"cannot start a grep worker process ({sys.executable}): {exc.strerror}",
+                                 exc.errno or errno.EAGAIN) from None
     finally:
         child_end.close()
     return _Worker(proc, Connection(parent_end.detach()), shm_fd)
@@ -304,15 +333,14 @@ def _start_worker() -> _Worker:
 class _Run:
     """One query's use of the pool: batches out to its workers, results back in order."""
 
-    def __init__(self, pool: MatcherPool, pattern: tuple, guard: QueryGuard) -> None:
+    def __init__(self, pool: MatcherPool, pattern: tuple, guard: QueryGuard, workers: list[_Worker]) -> None:
         self.pool = pool
         self.pattern = pattern
         self.guard = guard
-        self.workers: list[_Worker] = []
+        self.workers = workers
         self.order: deque[_Worker] = deque()  # the worker of each batch sent, oldest first
 
     def results(self, units: Iterable[tuple[bytes, int]]) -> Iterator[Lines]:
-        self.workers = self.pool.acquire(self.guard)
         batch: list[tuple[bytes, int]] = []
         size = 0
         for unit in units:

@@ -13,11 +13,12 @@ reported, and the result says how many files are still waiting to be indexed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import stat
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,8 @@ from ..meta.engine import MetadataEngine
 from ..types import ROOT_INODE, Caller
 from .content import read_committed
 from .grep import GrepMatch, GrepOptions, compile_pattern, is_binary, translate_gnu
-from .index import SearchIndex
-from .indexer import load_embedder
+from .index import EmbedderRecord, IndexStatus, SearchIndex
+from .indexer import embedder_note, load_embedder
 from .literals import fts5_expression, required_query
 from .matcher import MatcherPool, QueryGuard, process_gone
 from .pattern import GlobPattern
@@ -64,22 +65,37 @@ BM25_POSTINGS = 12_000
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """One semantic result: a piece of a file, ranked."""
+    """One semantic result: a piece of a content, ranked. Identical files (copies, hard
+    links) are one hit: ``path`` is the first of their ``paths``."""
 
     score: float  # 0..1, higher is better
     path: str
     start_line: int
     end_line: int
-    snippet: str
+    snippet: str  # one line of the piece, control characters taken out: the same in every output
+    paths: tuple[str, ...] = ()  # every path with this content in the searched scope, sorted
+
+    def location(self, shown: Sequence[str] | None = None) -> str:
+        """``score path:start-end``, then ``(also p2, p3)`` for the other paths; ``shown``
+        replaces the paths (the mount writes them relative, and only those a caller may read)."""
+        names = list(shown if shown is not None else (self.paths or (self.path,)))
+        also = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
+        return f"{self.score:.3f} {names[0]}:{self.start_line}-{self.end_line}{also}"
+
+    def line(self, shown: Sequence[str] | None = None) -> str:
+        """The hit as ``nexus search`` and ``.results`` print it: location, two spaces, snippet."""
+        return f"{self.location(shown)}  {self.snippet}"
 
     def __str__(self) -> str:
-        return f"{self.score:.3f} {self.path}:{self.start_line}-{self.end_line}"
+        return self.location()
 
 
 class SearchResults(list):
-    """Ranked hits; ``pending`` files were not indexed yet when the query ran."""
+    """Ranked hits; ``pending`` files were not indexed yet when the query ran; ``note``
+    says why the configured embedder was not used (the store has another), if it was not."""
 
     pending: int = 0
+    note: str | None = None
 
 
 def _content_key(ino: int, doc: int | None) -> tuple[str, int]:
@@ -182,39 +198,64 @@ class _ReadAhead:
 
 class Searcher:
     def __init__(self, meta: MetadataEngine, blocks: BlockLayer, *, embedder: str | None = None,
-                 semantic: bool = True, timeout: float | None = None) -> None:
-        """``timeout``: how long a grep or semantic query may run (None: no limit)."""
+                 semantic: bool = True, skip_dirs: Iterable[str] = (), timeout: float | None = None) -> None:
+        """``embedder``: the model this process is configured with; queries always use the
+        store's own (see ``note``). ``skip_dirs``: directory names (.git ...) whose files
+        semantic results leave out. ``timeout``: how long a grep or semantic query may run
+        (None: no limit)."""
         self.meta = meta
         self.blocks = blocks
         self.index = SearchIndex(meta.db)
         self.embedder_name = embedder
         self.semantic = semantic
+        self.skip_dirs = frozenset(skip_dirs)
         self.timeout = timeout
         self.vectors = VectorMatrix(self.index)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._matchers: MatcherPool | None = None
-        self._ready = False
-        self._text_ready = False
+        self._record: EmbedderRecord | None = None
+        self._model: Any = None  # the store's model; False: it cannot be had here
+        self._model_error: str | None = None
 
     def prepare(self, *, semantic: bool = True) -> None:
-        """Make sure the index tables exist. Only semantic search needs the model (whose
-        first load costs a second of CPU): grep does without it."""
-        if not semantic:
-            if not self._ready and not self._text_ready:
-                if not self.index.tables_exist():
-                    self.index.ensure_tables(None, None)
-                self._text_ready = True
-            return
-        if not self._ready:
-            emb = self._embedder() if self.semantic else None
-            self.index.ensure_tables(getattr(emb, "model_id", None), getattr(emb, "dim", None))
-            self._ready = True
+        """Find the index tables and the store's model. Reads only: a store that was
+        never indexed has no tables yet, and its queries find nothing (grep then reads the
+        queued files). Only semantic search needs the model itself (its first load costs a
+        second of CPU): that is ``_embedder``, so ``semantic`` changes nothing here."""
+        record = self.index.attach()
+        if record != self._record:
+            self._record, self._model, self._model_error = record, None, None
+
+    def note(self) -> str | None:
+        """Why this process's configured model is not the one used (see ``embedder_note``),
+        or why the store's model cannot rank here."""
+        self.prepare()
+        return self._note()
+
+    def _note(self) -> str | None:
+        return embedder_note(self._record, self.embedder_name) or self._model_error
+
+    def status(self) -> IndexStatus:
+        """The index's state, with ``note``; reads only."""
+        self.prepare()
+        return dataclasses.replace(self.index.status(), note=self._note())
 
     def _embedder(self) -> Any:
-        if not self.semantic or not self.index.vector_search:
+        """The store's model, loaded on first use; None if the store has none, semantic
+        search is off here, or the model cannot be had in this process (then the words alone
+        rank: BM25)."""
+        if not self.semantic or not self.index.vector_search or self._record is None:
             return None
-        return load_embedder(self.embedder_name)[0]
+        if self._model is None:
+            model, why = load_embedder(self._record.name)
+            if model is not None and model.model_id != self._record.model_id:
+                model, why = None, (f"this version's {self._record.name} does not make the vectors this "
+                                    f"store holds ({self._record.model_id}); run `nexus index --rebuild`")
+            self._model = model if model is not None else False
+            if why:
+                self._model_error = f"ranking by words only: {why}"
+        return self._model or None
 
     def guard(self, caller: Caller | None = None, what: str = "the query") -> QueryGuard:
         """A query's limits: this searcher's time limit, and an end when the caller's
@@ -505,6 +546,7 @@ class Searcher:
         results = SearchResults()
         results.pending = self.index.pending_count()
         emb = self._embedder()
+        results.note = self._note()
         want = max(50, k * 10)
         ranked: dict[int, float] = defaultdict(float)
         qv = None
@@ -532,29 +574,37 @@ class Searcher:
         return results
 
     def _hits(self, ranked: dict[int, float], root: str, k: int, query: str) -> list[SearchHit]:
+        """The ``k`` best chunks as hits, one per piece of a distinct content: identical
+        files share their chunks, and their hit lists every path they have under ``root``."""
         best = 2.0 / (RRF_K + 1)
         order = sorted(ranked.items(), key=lambda kv: -kv[1])
         rows = self.index.chunk_rows(c for c, _s in order)
-        files_cache: dict[int, list[str]] = {}
+        paths_of: dict[int, list[str]] = {}
+        seen: set[tuple[int, int]] = set()
         hits: list[SearchHit] = []
-        seen: set[tuple[str, int]] = set()
         for cid, score in order:
             row = rows.get(cid)
-            if row is None:
+            if row is None or (row.doc, row.seq) in seen:
                 continue
-            if row.doc not in files_cache:
-                files_cache[row.doc] = sorted(
-                    p for ino, _d in self.index.files_of_docs([row.doc]) for p in self.paths_in_scope(ino, root)
-                )
-            for p in files_cache[row.doc]:
-                if (p, row.seq) in seen:
-                    continue
-                seen.add((p, row.seq))
-                hits.append(SearchHit(min(1.0, score / best), p, row.start_line, row.end_line,
-                                      _snippet(row.text, query)))
-                if len(hits) >= k:
-                    return hits
+            seen.add((row.doc, row.seq))
+            if row.doc not in paths_of:
+                paths_of[row.doc] = self._result_paths(row.doc, root)
+            found = paths_of[row.doc]
+            if not found:
+                continue  # out of scope, or only in skipped directories
+            hits.append(SearchHit(min(1.0, score / best), found[0], row.start_line, row.end_line,
+                                  _snippet(row.text, query), tuple(found)))
+            if len(hits) >= k:
+                break
         return hits
+
+    def _result_paths(self, doc: int, root: str) -> list[str]:
+        """The paths under ``root`` of the files whose current content is ``doc``, sorted;
+        those inside skipped directories (.git ...) left out."""
+        found = sorted(p for ino, _d in self.index.files_of_docs([doc]) for p in self.paths_in_scope(ino, root))
+        if self.skip_dirs:
+            found = [p for p in found if self.skip_dirs.isdisjoint(p.split("/"))]
+        return found
 
     def _scoped_search(self, query: str, qv: Any, root: str, k: int) -> list[SearchHit]:
         """Rank every chunk of the files under a small scope directly (the global lists missed them)."""
@@ -633,11 +683,24 @@ def bm25_words(query: str) -> list[str]:
     return (content or words)[:32]
 
 
+#: terminal escape sequences (colours, cursor movement): taken out of snippets
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+#: other control characters (tabs, form feeds, C1 controls): a run of them becomes one space
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def _clean_line(line: str) -> str:
+    """A line as a snippet shows it: no escape sequences or control characters (they would
+    act on a terminal, and JSON escapes them), no surrounding whitespace."""
+    return _CONTROLS.sub(" ", _ESCAPE.sub("", line)).strip()
+
+
 def _snippet(text: str, query: str, width: int = 160) -> str:
+    """The line of a chunk with most of the query's words (lines as grep counts them)."""
     terms = set(_WORD.findall(query.lower()))
     best, best_score = "", -1
-    for line in text.splitlines():
-        s = line.strip()
+    for line in text.split("\n"):
+        s = _clean_line(line)
         if not s:
             continue
         score = sum(1 for w in _WORD.findall(s.lower()) if w in terms)

@@ -926,8 +926,10 @@ def gc(grace: str | None) -> None:
 @cli.command("export")
 @click.option("--with-data", is_flag=True, help="Include the content of every block (for a store that shares no blobs).")
 @click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False), help="Write to FILE instead of stdout.")
+@click.option("--format", "format_", type=click.Choice(["jsonl"]), default="jsonl", show_default=True,
+              help="The stream's format (JSON Lines, the one format there is).")
 @click.argument("path", default="/")
-def export_cmd(with_data: bool, output: str | None, path: str) -> None:
+def export_cmd(with_data: bool, output: str | None, format_: str, path: str) -> None:
     """Write PATH's tree as JSON Lines (see nexusfs.transfer for the format)."""
     from .transfer import export_tree
 

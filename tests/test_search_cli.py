@@ -15,7 +15,6 @@ from click.testing import CliRunner
 
 import nexusfs
 from nexusfs.cli import cli
-from nexusfs.search.indexer import Indexer
 from tests.search_helpers import C_ENV, STORE_SETTINGS
 
 TREE = {
@@ -125,7 +124,7 @@ def test_glob(tree):
     assert nexus("glob", "*.nothing", code=1).stdout == ""
 
 
-def test_index_commands(tree, monkeypatch):
+def test_index_commands(tree, analyse_fails):
     nexus, _local = tree
     status = nexus("index", "--status").stdout
     assert re.search(r"^queued files: +7$", status, re.M), status
@@ -144,14 +143,7 @@ def test_index_commands(tree, monkeypatch):
     assert out.startswith("indexed 7 file(s); 7 files, 7 distinct contents"), out
     assert nexus("index").stdout.startswith("indexed 0 file(s); 7 files")
     # a failing file is reported, with its error, and keeps its job
-    real = Indexer.analyse
-
-    def analyse(self, data, ino):
-        if b"helper" in data:
-            raise ValueError("cannot read this one")
-        return real(self, data, ino)
-
-    monkeypatch.setattr(Indexer, "analyse", analyse)
+    analyse_fails(b"helper", ValueError("cannot read this one"))
     nx = nexusfs.connect(nexus.home, background_indexing=False)
     try:
         nx.write_bytes("/src/util.py", b"def helper():\n    return 43\n")

@@ -77,13 +77,14 @@ def test_first_mount_in_a_fresh_clone_installs_only_what_mounting_needs(tmp_path
             f.write("hello\n")
         lines = screen_lines(terminal)
         venv = os.path.join(clone, ".venv")
-        assert lines[:3] == [
+        assert lines[:4] == [
             "nexusfs: creating the virtual environment .venv",
             "nexusfs: installing Python packages (mount) into .venv (log: .venv/install.log)",
+            "nexusfs:   upgrading pip",
             "nexusfs:   building pyfuse3"], lines
-        assert re.fullmatch(r"nexusfs:   installing \d+ packages", lines[3]), lines
-        assert re.fullmatch(r"nexusfs: Python packages installed \(\d+ s\)", lines[4]), lines
-        assert lines[5:] == [f"mounted {tmp_path / 'store'} at {mp}", ""], lines
+        assert re.fullmatch(r"nexusfs:   installing \d+ packages", lines[4]), lines
+        assert re.fullmatch(r"nexusfs: Python packages installed \(\d+ s\)", lines[5]), lines
+        assert lines[6:] == [f"mounted {tmp_path / 'store'} at {mp}", ""], lines
         # the status line followed pip on the terminal
         assert "\r\x1b[Knexusfs:   collecting apsw" in terminal
         names = pip_names(venv)

@@ -23,7 +23,7 @@ prefix="" helper=yes action=install
 while [[ $# -gt 0 ]]; do
   case $1 in
     --prefix=*) prefix=${1#*=} ;;
-    --prefix) [[ $# -ge 2 ]] || { say "--prefix needs a directory"; exit 2; }
+    --prefix) [[ $# -ge 2 ]] || { say "install: --prefix needs a directory"; exit 2; }
               prefix=$2; shift ;;
     --no-mount-helper) helper=no ;;
     --uninstall) action=uninstall ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# nexusfs front door. Each command first installs whatever is missing
-# (system packages via packaging/install-deps.sh, Python packages into ./.venv).
+# nexusfs front door. Each command first installs what it needs and is missing (system
+# packages via packaging/install-deps.sh, Python packages into ./.venv), showing progress.
 #
 #   ./run.sh mount [MOUNTPOINT] [nexus mount options]
 #        mount a zero-configuration store (in $NEXUS_HOME or ~/.local/share/nexus)
@@ -10,28 +10,38 @@
 #        install everything the tests need and run the whole test suite
 #   ./run.sh bench
 #        run the benchmark suite (writes bench-results/: markdown tables and PNG charts)
+#   ./run.sh install [--prefix DIR] [--no-mount-helper]
+#        install the nexus command for the system (as root: /usr/local, the mount(8)
+#        helper for fstab, a systemd user unit) or for yourself (~/.local); see
+#        packaging/install.sh (--uninstall removes it again)
 #   ./run.sh setup [--test]
-#        only install
+#        only install into ./.venv (what mounting needs; --test: also the test tools)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 VENV=.venv
 
-setup() {
+usage() { # the comment above, without its '#'s
+  awk 'NR == 1 { next } !/^#/ { exit } { sub(/^# ?/, ""); print }' "$0"
+}
+
+installed() { # installed LEVEL: are LEVEL's packages (or a superset's) in .venv, up to date?
+  local level
+  for level in "$@"; do
+    [[ -f $VENV/.installed-$level && ! pyproject.toml -nt $VENV/.installed-$level ]] && return 0
+  done
+  return 1
+}
+
+setup() { # setup [--test]: the system packages, then what mounting (or testing) needs
+  local level=mount extras=mount also=(test)
+  if [[ ${1:-} == --test ]]; then
+    level=test extras=mount,test also=()
+  fi
   packaging/install-deps.sh "$@"
-  if [[ ! -x $VENV/bin/python ]]; then
-    python3 -m venv "$VENV"
-  fi
-  local stamp=$VENV/.nexusfs-installed
-  if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-    echo "nexusfs: installing Python packages into $VENV" >&2
-    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
-           "$VENV/bin/python" -m pip install -q -e '.[mount,test]'; } >"$VENV/install.log" 2>&1; then
-      tail -n 30 "$VENV/install.log" >&2
-      echo "nexusfs: installing Python packages failed (full log: $VENV/install.log)" >&2
-      exit 1
-    fi
-    touch "$stamp"
-  fi
+  installed "$level" "${also[@]}" && return 0
+  # --no-compile: Python compiles each module on its first import instead of all of them now
+  packaging/venv-install.sh --editable --no-compile "$VENV" . "$extras"
+  touch "$VENV/.installed-$level"
 }
 
 cmd=${1:-help}
@@ -56,11 +66,19 @@ case "$cmd" in
     ;;
   bench)
     setup --test
-    "$VENV/bin/python" -m pip install -q -e '.[bench]'
+    installed bench || { packaging/venv-install.sh --editable --no-compile "$VENV" . bench &&
+                         touch "$VENV/.installed-bench"; }
     exec "$VENV/bin/python" tests/bench/run_all.py "$@"
     ;;
+  install)
+    exec packaging/install.sh "$@"
+    ;;
+  help|-h|--help)
+    usage
+    ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
-    [[ $cmd == help || $cmd == -h || $cmd == --help ]] || exit 2
+    echo "run.sh: unknown command '$cmd'" >&2
+    usage >&2
+    exit 2
     ;;
 esac

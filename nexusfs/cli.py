@@ -1031,8 +1031,10 @@ def gc(grace: str | None) -> None:
 @click.option("--with-data", is_flag=True, help="Include the content of every block (for a store that shares no blobs).")
 @click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
 @click.option("-f", "--force", is_flag=True, help="Replace FILE if it is read-only.")
+@click.option("--format", "format_", type=click.Choice(["jsonl"]), default="jsonl", show_default=True,
+              help="The stream's format (JSON Lines, the one format there is).")
 @click.argument("path", default="/")
-def export_cmd(with_data: bool, output: str | None, force: bool, path: str) -> None:
+def export_cmd(with_data: bool, output: str | None, force: bool, format_: str, path: str) -> None:
     """Write PATH's tree as JSON Lines (see nexusfs.transfer for the format).
 
     FILE is written as cp writes a file: a symlink is followed, an existing file

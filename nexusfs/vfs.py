@@ -4,7 +4,7 @@ This is the layer the FUSE mount and the Python API share. It owns open files:
 their dirty blocks, uploads in flight, and the inode's size and times while
 they differ from what is committed. It is inode based, like the kernel.
 
-Concurrency (see also docs in DESIGN.md):
+Concurrency (docs/DESIGN.md, "Concurrency", says the same for the whole engine):
 
 * ``OpenInode.lock`` guards one open file's in-memory state. It is held only
   for memory work, never while waiting for an upload; a read or write that
@@ -14,7 +14,7 @@ Concurrency (see also docs in DESIGN.md):
 * ``OpenInode.commit_lock`` serialises commits of one file.
 * Lock order: commit_lock -> OpenInode.lock -> database lock -> VFS._lock.
 
-Durability follows DESIGN.md: write() only fills the bounded dirty buffer;
+Durability follows the contract in docs/DESIGN.md: write() only fills the bounded dirty buffer;
 flush/close/fsync upload every dirty block (in parallel, in the block layer's
 threads) and only then commit the metadata that references them.
 """

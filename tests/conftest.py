@@ -48,6 +48,25 @@ def nx(store_dir):
 
 
 @pytest.fixture
+def analyse_fails(monkeypatch):
+    """Make the search indexer fail on contents holding a marker, as a broken extractor would:
+    ``analyse_fails(b"poison", RuntimeError("..."))``; ``analyse_fails(None)`` heals it."""
+    from nexusfs.search.indexer import Indexer
+
+    real = Indexer.analyse
+
+    def fail_on(marker: bytes | None, error: Exception | None = None) -> None:
+        def analyse(self, data, ino):
+            if marker in data:
+                raise error
+            return real(self, data, ino)
+
+        monkeypatch.setattr(Indexer, "analyse", real if marker is None else analyse)
+
+    return fail_on
+
+
+@pytest.fixture
 def store(nx) -> Store:
     """The Store behind ``nx`` (metadata engine, VFS, blob store)."""
     return nx.store

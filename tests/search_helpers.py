@@ -222,22 +222,26 @@ def rel_paths(found: Iterable[str], root: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ misc
-def make_pdf(lines: list[str]) -> bytes:
-    """A minimal one-page PDF whose text is ``lines`` (Helvetica, one line each)."""
+def make_pdf(*pages: list[str]) -> bytes:
+    """A minimal valid PDF: one page per argument, one Helvetica text line per string."""
 
     def esc(s: str) -> str:
         return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
-    ops = ["BT", "/F1 11 Tf", "14 TL", "60 740 Td"] + [f"({esc(x)}) Tj T*" for x in lines] + ["ET"]
-    stream = "\n".join(ops).encode("latin-1")
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
     objs = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
     ]
+    for i, lines in enumerate(pages):
+        ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"] + [f"({esc(x)}) Tj T*" for x in lines] + ["ET"]
+        stream = "\n".join(ops).encode("latin-1")
+        objs.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
+        objs.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for k, body in enumerate(objs, 1):

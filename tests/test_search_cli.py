@@ -13,7 +13,6 @@ import re
 import pytest
 
 import nexusfs
-from nexusfs.search.indexer import Indexer
 from tests.search_helpers import C_ENV, NOTES, STORE_SETTINGS, NexusCli
 
 TREE = {
@@ -110,7 +109,7 @@ def test_glob(tree):
     assert nexus("glob", "*.nothing", code=1).stdout == ""
 
 
-def test_index_commands(tree, monkeypatch):
+def test_index_commands(tree, analyse_fails):
     nexus, _local = tree
     status = nexus("index", "--status").stdout
     assert re.search(r"^queued files: +7$", status, re.M), status
@@ -129,14 +128,7 @@ def test_index_commands(tree, monkeypatch):
     assert out.startswith("indexed 7 file(s); 7 files, 7 distinct contents"), out
     assert nexus("index").stdout.startswith("indexed 0 file(s); 7 files")
     # a failing file is reported, with its error, and keeps its job
-    real = Indexer.analyse
-
-    def analyse(self, data, ino):
-        if b"helper" in data:
-            raise ValueError("cannot read this one")
-        return real(self, data, ino)
-
-    monkeypatch.setattr(Indexer, "analyse", analyse)
+    analyse_fails(b"helper", ValueError("cannot read this one"))
     nx = nexusfs.connect(nexus.home, background_indexing=False)
     try:
         nx.write_bytes("/src/util.py", b"def helper():\n    return 43\n")

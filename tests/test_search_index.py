@@ -294,18 +294,12 @@ def test_non_utf8_docs_of_earlier_builds_are_always_scanned(ix):
     assert grep_paths(nx, "cr.me") == ["/old/latin.txt"]
 
 
-def test_failing_job_is_retried_and_reported(ix, monkeypatch):
+def test_failing_job_is_retried_and_reported(ix, analyse_fails):
     nx = ix
     nx.write_many({"/e/good.txt": b"fine content\n", "/e/bad.txt": b"poison content\n"})
     bad_ino = nx.stat("/e/bad.txt").ino
-    real = Indexer.analyse
-
-    def analyse(self, data, ino):
-        if b"poison" in data:
-            raise RuntimeError("simulated extraction failure")
-        return real(self, data, ino)
-
-    monkeypatch.setattr(Indexer, "analyse", analyse)
+    poison = RuntimeError("simulated extraction failure")
+    analyse_fails(b"poison", poison)
     nx.reindex()
     st = nx.index_status()
     assert (st.pending, st.failing, st.files) == (1, 1, 1)
@@ -321,17 +315,17 @@ def test_failing_job_is_retried_and_reported(ix, monkeypatch):
     attempts = nx.meta.db.query_value("SELECT attempts FROM index_jobs WHERE inode = ?", (bad_ino,))
     assert attempts == 2
     # the cause goes away: the next retry succeeds and the error is gone
-    monkeypatch.setattr(Indexer, "analyse", real)
+    analyse_fails(None)
     nx.meta.db.execute("UPDATE index_jobs SET not_before_ns = 0")
     nx.reindex()
     st = nx.index_status()
     assert (st.pending, st.failing, st.files, st.errors) == (0, 0, 2, [])
     # a new change resets the attempts: a file that was failing is indexed at once
-    monkeypatch.setattr(Indexer, "analyse", analyse)
+    analyse_fails(b"poison", poison)
     nx.write_bytes("/e/good.txt", b"poison now\n")
     nx.reindex()
     assert nx.index_status().failing == 1
-    monkeypatch.setattr(Indexer, "analyse", real)
+    analyse_fails(None)
     nx.write_bytes("/e/good.txt", b"healed\n")
     nx.reindex()
     st = nx.index_status()

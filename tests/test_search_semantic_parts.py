@@ -15,43 +15,9 @@ from nexusfs.search import embed as embedmod
 from nexusfs.search.chunk import chunk_text
 from nexusfs.search.embed import Embedder, WordLlamaEmbedder, get_embedder
 from nexusfs.search.extract import extract_text, sniff
+from tests.search_helpers import make_pdf
 
 # ------------------------------------------------------------------ helpers
-
-
-def make_pdf(pages: list[list[str]]) -> bytes:
-    """A minimal valid PDF: one Helvetica text line per string, one page per list."""
-
-    def esc(s: str) -> str:
-        return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for i, lines in enumerate(pages):
-        ops = ["BT", "/F1 12 Tf", "14 TL", "72 720 Td"]
-        ops += [f"({esc(line)}) Tj T*" for line in lines]
-        ops.append("ET")
-        stream = "\n".join(ops).encode()
-        objs.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
-        )
-        objs.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for k, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % k + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return bytes(out)
 
 
 def make_docx() -> bytes:
@@ -132,7 +98,7 @@ def test_a_prefix_of_a_file_is_marked_truncated_without_its_cut_last_line():
 
 
 def test_sniff_says_how_much_of_a_file_to_read():
-    assert sniff(make_pdf([["x"]])[:4096], "a.bin") == "pdf"
+    assert sniff(make_pdf(["x"])[:4096], "a.bin") == "pdf"
     assert sniff(b"PK\x03\x04\x14\x00", "letter.docx") == "docx"
     assert sniff(b"PK\x03\x04\x14\x00", "photos.zip") == "binary"
     assert sniff(b"\x7fELF\x02\x01\x01\x00", "prog") == "binary"
@@ -141,7 +107,7 @@ def test_sniff_says_how_much_of_a_file_to_read():
 
 
 def test_pdf_pages_are_text_separated_by_a_form_feed_line():
-    pdf = make_pdf([["Tardigrades survive in space.", "Second line (here)."], ["Page two."]])
+    pdf = make_pdf(["Tardigrades survive in space.", "Second line (here)."], ["Page two."])
     got = extract_text(pdf, "paper.pdf")
     assert got is not None and got.kind == "pdf" and not got.truncated
     assert got.text.split("\n") == [
@@ -155,7 +121,7 @@ def test_pdf_pages_are_text_separated_by_a_form_feed_line():
 
 
 def test_broken_pdf_and_docx_give_none_without_raising():
-    pdf = make_pdf([["hello"]])
+    pdf = make_pdf(["hello"])
     assert extract_text(pdf[: len(pdf) // 2] + b"\x00garbage", "cut.pdf") is None
     assert extract_text(b"%PDF-1.7\n\x00\x01\x02 not really", "x.pdf") is None
     assert extract_text(b"PK\x03\x04 not a zip at all \x00", "letter.docx") is None

@@ -714,8 +714,27 @@ class Nexus:
         """Lines matching a regular expression in the files under ``root`` (binary files skipped).
 
         Exactly what ``LC_ALL=C grep -rn`` reports over the same tree (sorted by path
-        and line); the trigram index only narrows which files are read.
+        and line); the trigram index only narrows which files are read. A query stops
+        with ``SearchStopped`` (ETIMEDOUT) after ``search_timeout``.
         """
+        return list(self.iter_grep(pattern, root, ignore_case=ignore_case, word=word, fixed=fixed,
+                                   invert=invert, max_count=max_count))
+
+    def iter_grep(
+        self,
+        pattern: str,
+        root: PathLike = "/",
+        *,
+        ignore_case: bool = False,
+        word: bool = False,
+        fixed: bool = False,
+        invert: bool = False,
+        max_count: int | None = None,
+        binary: bool = False,
+    ) -> Iterator[GrepMatch]:
+        """:meth:`grep`'s matches as they are found (memory stays bounded however many).
+        ``binary``: also the matching lines of binary files, as ``GrepMatch(binary=True)``
+        without text (what ``grep -c`` and ``grep -l`` count)."""
         opts = GrepOptions(ignore_case=ignore_case, word=word, fixed=fixed, invert=invert)
         try:
             compile_pattern(pattern, opts)
@@ -724,7 +743,8 @@ class Nexus:
         with _about(root):
             attr = self._resolve(root)
         self.vfs.sync_open_files()
-        return self.store.searcher.grep(pattern, attr.ino, self._shown_path(root, attr), opts, max_count)
+        return self.store.searcher.iter_grep(pattern, attr.ino, self._shown_path(root, attr), opts,
+                                             max_count=max_count, binary=binary)
 
     def search(self, query: str, root: PathLike = "/", *, k: int = 10) -> SearchResults:
         """Files (and line ranges) under ``root`` ranked by meaning and wording for ``query``.

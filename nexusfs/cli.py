@@ -878,31 +878,35 @@ def grep(ignore_case: bool, word: bool, fixed: bool, invert: bool, files_only: b
     _state().error_code = 2
     nx = open_store()
     nx.stat(directory)  # a missing DIRECTORY is an error (exit 2), reported with its full path
-    matches = nx.grep(pattern, directory, ignore_case=ignore_case, word=word, fixed=fixed, invert=invert)
     single = nx.is_file(directory)  # one file: no file names, like grep
-    if files_only:
-        seen: list[str] = []
-        for m in matches:
-            if not seen or seen[-1] != m.path:
-                seen.append(m.path)
-        for p in seen:
-            out(p)
-    elif count:
-        counts: dict[str, int] = {}
-        for m in matches:
-            counts[m.path] = counts.get(m.path, 0) + 1
+    # binary files' matching lines count for -c and -l, as in GNU grep; otherwise a
+    # binary file that matches gets one line on stderr instead of its lines
+    matches = nx.iter_grep(pattern, directory, ignore_case=ignore_case, word=word, fixed=fixed,
+                           invert=invert, binary=True)
+    counts: dict[str, int] = {}
+    last = None
+    for m in matches:
+        new_file = m.path != last
+        last = m.path
+        counts[m.path] = counts.get(m.path, 0) + 1
+        if count or (files_only and not new_file):
+            continue
+        if files_only:
+            out(m.path)
+        elif m.binary:
+            if new_file:
+                click.echo(f"nexus: {m.path}: binary file matches", err=True)
+        else:
+            prefix = "" if single else f"{m.path}:"
+            out(f"{prefix}{m.line_no}:{m.line}" if line_numbers else f"{prefix}{m.line}")
+    if count:
         if single:
             out(str(counts.get(paths.normalize(directory), 0)))
         else:
-            # every file read gets a line, like grep -c: binary files (skipped) count 0
-            files = sorted(i.path for i in nx.walk(directory, attrs=True) if i.is_file)
-            for p in files:
+            # every file read gets a line, like grep -c
+            for p in sorted(i.path for i in nx.walk(directory, attrs=True) if i.is_file):
                 out(f"{p}:{counts.get(p, 0)}")
-    else:
-        for m in matches:
-            prefix = "" if single else f"{m.path}:"
-            out(f"{prefix}{m.line_no}:{m.line}" if line_numbers else f"{prefix}{m.line}")
-    if not matches:
+    if not counts:
         raise click.exceptions.Exit(1)
 
 

@@ -42,16 +42,22 @@ def tree(tmp_path):
     return NexusCli(home), str(local)
 
 
-def gnu(local: str, *args: str) -> tuple[int, list[bytes]]:
+def gnu(local: str, *args: str) -> tuple[int, list[bytes], list[str]]:
+    """GNU grep -r's exit status, output lines and binary files that matched (its stderr)."""
     import subprocess
 
-    res = subprocess.run(["grep", "-rI", *args], cwd=local, env=C_ENV, capture_output=True)
+    res = subprocess.run(["grep", "-r", *args], cwd=local, env=C_ENV, capture_output=True)
     lines = [ln[2:] if ln.startswith(b"./") else ln for ln in res.stdout.splitlines()]
-    return res.returncode, sorted(lines)
+    binary = re.findall(r"^grep: \./(.*): binary file matches$", res.stderr.decode(), re.M)
+    return res.returncode, sorted(lines), sorted(binary)
 
 
 def ours(result) -> list[bytes]:
     return sorted(ln[1:] if ln.startswith(b"/") else ln for ln in result.stdout_bytes.splitlines())
+
+
+def ours_binary(result) -> list[str]:
+    return sorted(re.findall(r"^nexus: /(.*): binary file matches$", result.stderr, re.M))
 
 
 @pytest.mark.parametrize("args", [
@@ -69,13 +75,20 @@ def ours(result) -> list[bytes]:
     ("-n", "no such text"),
     ("-c", "no such text"),
     ("-l", "-v", "TODO"),
+    ("binary",),
+    ("-c", "binary"),
+    ("-l", "binary"),
+    ("-c", "-v", "zzz"),
 ])
 def test_grep_formats_equal_gnu_grep(tree, args):
+    """Output, exit status, and binary files as GNU grep -r has them: -c counts their
+    matching lines, -l lists them, otherwise they get one line on stderr."""
     nexus, local = tree
-    rc, theirs = gnu(local, *args[:-1], "-e", args[-1], ".")
+    rc, theirs, binary = gnu(local, *args[:-1], "-e", args[-1], ".")
     result = nexus("grep", *args[:-1], "--", args[-1], "/", code=rc)
     assert ours(result) == theirs
-    assert result.stderr == ""
+    assert ours_binary(result) == binary
+    assert len(result.stderr.splitlines()) == len(binary)
 
 
 def test_grep_single_file_and_subdirectory(tree):

@@ -459,7 +459,8 @@ class Searcher:
                 except OSError:
                     nxt = None
                 units.append(_Unit(i, nxt is None, is_bin))
-                yield piece, line
+                # in a binary file GNU grep ends lines at NUL bytes too (what -c counts)
+                yield (piece.replace(b"\0", b"\n") if is_bin else piece), line
                 if nxt is not None:
                     line += piece.count(b"\n")
                 piece = nxt

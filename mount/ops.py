@@ -28,7 +28,7 @@ import trio
 from nexusfs.blocks import Buffer, WouldBlock
 from nexusfs.errors import FsError, NexusError
 from nexusfs.types import Attr, Caller
-from nexusfs.vfs import VFS, Writer
+from nexusfs.vfs import VFS
 
 from .search_ops import RESULTS_MAX, SEARCH_DIR, SearchDirs
 
@@ -138,8 +138,10 @@ class NexusOperations(pyfuse3.Operations):
         if any(self._virtual(i) for i in inos):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
-        return Caller(ctx.uid, ctx.gid, frozenset(_groups(ctx)) if ctx.uid != 0 else frozenset(), ctx.pid)
+    @staticmethod
+    def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+        """The process behind a request (its groups are read only if a check needs them)."""
+        return Caller(ctx.uid, ctx.gid, pid=ctx.pid, lookup_groups=lambda: _groups(ctx))
 
     def _not_search(self, name: bytes) -> None:
         """``.search`` itself cannot be removed, renamed or linked away."""
@@ -310,14 +312,13 @@ class NexusOperations(pyfuse3.Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return flags
 
-    @staticmethod
-    def _writer(ctx: pyfuse3.RequestContext) -> Writer:
+    def _writer(self, ctx: pyfuse3.RequestContext) -> Caller:
         """The process behind a request that changes a file's content. The kernel clears
         setuid, and setgid with group execute, before such a change, but not setgid
         without group execute when the writer is not in the file's group, nor anything
         for open(O_TRUNC) (with atomic_o_trunc it leaves that to us): the VFS applies
         Linux's whole rule (groups are looked up only when a file has setgid)."""
-        return Writer(ctx.uid, ctx.gid, lambda: _groups(ctx))
+        return self._caller(ctx)
 
     def _file_info(self, ino: int, fh: int) -> pyfuse3.FileInfo:
         version = self.vfs.data_version(ino)

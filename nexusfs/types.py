@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat as _stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 ROOT_INODE = 1
@@ -78,20 +79,6 @@ class Attr:
 
 
 @dataclass(slots=True)
-class Ctx:
-    """Who is asking: the caller's credentials and umask."""
-
-    uid: int = 0
-    gid: int = 0
-    pid: int = 0
-    umask: int = 0o022
-    groups: tuple[int, ...] = ()
-
-    def in_group(self, gid: int) -> bool:
-        return gid == self.gid or gid in self.groups
-
-
-@dataclass(slots=True)
 class DirEntry:
     name: bytes
     attr: Attr
@@ -144,15 +131,29 @@ class StoreInfo:
         return self.unique_bytes / stored if stored > 0 else 1.0
 
 
-@dataclass(frozen=True, slots=True)
 class Caller:
-    """Who asks (uid, primary gid, supplementary groups) and, where known, the process
-    asking (``pid``, 0 if unknown): permission checks and query cancellation use it."""
+    """Who asks: uid, primary gid, supplementary groups and, where known, the process
+    (``pid``, 0 if unknown). Permission checks, Linux's setuid/setgid rule on writes and
+    query cancellation use it. The groups can be looked up lazily (``lookup_groups``):
+    the mount then reads them from /proc only when a check needs them."""
 
-    uid: int
-    gid: int
-    groups: frozenset[int] = frozenset()
-    pid: int = 0
+    __slots__ = ("uid", "gid", "pid", "_groups", "_lookup")
+
+    def __init__(self, uid: int, gid: int, groups: Iterable[int] = (), pid: int = 0, *,
+                 lookup_groups: Callable[[], Iterable[int]] | None = None) -> None:
+        self.uid, self.gid, self.pid = uid, gid, pid
+        self._groups: frozenset[int] | None = None if lookup_groups is not None else frozenset(groups)
+        self._lookup = lookup_groups
+
+    @property
+    def groups(self) -> frozenset[int]:
+        if self._groups is None:
+            assert self._lookup is not None
+            self._groups = frozenset(self._lookup())
+        return self._groups
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
 
     @property
     def key(self) -> tuple:
@@ -169,8 +170,11 @@ class Caller:
             return not (mask & 1 and not _stat.S_ISDIR(attr.mode) and not attr.mode & 0o111)
         if self.uid == attr.uid:
             bits = attr.mode >> 6
-        elif attr.gid == self.gid or attr.gid in self.groups:
+        elif self.in_group(attr.gid):
             bits = attr.mode >> 3
         else:
             bits = attr.mode
         return bits & mask == mask
+
+    def __repr__(self) -> str:
+        return f"Caller(uid={self.uid}, gid={self.gid}, pid={self.pid})"

@@ -27,7 +27,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -44,28 +43,15 @@ log = logging.getLogger("nexusfs.vfs")
 MAX_FILE_SIZE = 1 << 62
 _DAY_NS = 86400 * 10**9
 
-__all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE", "Writer"]
+__all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE"]
 
 
-@dataclass(frozen=True)
-class Writer:
-    """Who changes a file's content (the mount passes the process behind a request), for
-    Linux's rule on the setuid and setgid bits (:func:`bits_a_change_clears`). Without one
-    (the Python API, which writes as the store's owner) the bits stay as they are."""
-
-    uid: int
-    gid: int
-    #: supplementary groups, looked up only when the rule needs them
-    groups: Callable[[], Collection[int]]
-
-    def in_group(self, gid: int) -> bool:
-        return gid == self.gid or gid in self.groups()
-
-    def bits_cleared(self, attr: Attr) -> int:
-        """What a write or truncate by this writer clears of ``attr``'s mode (root: nothing)."""
-        if self.uid == 0:
-            return 0
-        return bits_a_change_clears(attr.mode, lambda: self.in_group(attr.gid))
+def _bits_cleared(writer: Caller, attr: Attr) -> int:
+    """What a write or truncate by ``writer`` clears of ``attr``'s mode: Linux's rule on the
+    setuid and setgid bits (:func:`bits_a_change_clears`); root (CAP_FSETID) clears nothing."""
+    if writer.uid == 0:
+        return 0
+    return bits_a_change_clears(attr.mode, lambda: writer.in_group(attr.gid))
 
 
 @dataclass(eq=False)
@@ -106,7 +92,7 @@ class Handle:
     readable: bool
     writable: bool
     append: bool
-    #: setuid/setgid bits the first write through this handle clears (see Writer)
+    #: setuid/setgid bits the first write through this handle clears (see _bits_cleared)
     clear_on_write: int = 0
 
 
@@ -229,7 +215,7 @@ class VFS:
         atime_ns: int | TimeNow | None = None,
         mtime_ns: int | TimeNow | None = None,
         ctime_ns: int | None = None,
-        writer: Writer | None = None,
+        writer: Caller | None = None,
     ) -> Attr:
         """chmod / chown / utimens / truncate; a truncate by ``writer`` clears setuid and
         setgid bits as Linux does."""
@@ -245,7 +231,7 @@ class VFS:
                     oi.mtime_ns = attr.mtime_ns
                     oi.ctime_ns = attr.ctime_ns
         if size is not None and writer is not None:
-            self._clear_mode_bits(ino, writer.bits_cleared(self.meta.getattr(ino)))
+            self._clear_mode_bits(ino, _bits_cleared(writer, self.meta.getattr(ino)))
         return self.getattr(ino)
 
     def _clear_mode_bits(self, ino: int, bits: int) -> None:
@@ -310,9 +296,9 @@ class VFS:
 
     # ------------------------------------------------------------ open files
     def open(self, ino: int, flags: int, *, update_atime: bool = True, attr: Attr | None = None,
-             writer: Writer | None = None) -> int:
+             writer: Caller | None = None) -> int:
         """Open a regular file; return a handle number. ``attr``: its attributes, if just read;
-        ``writer``: who opens it, if its writes are to clear setuid/setgid bits (see Writer)."""
+        ``writer``: who opens it, if its writes are to clear setuid/setgid bits (see _bits_cleared)."""
         self.last_use = time.monotonic()
         if attr is None:
             attr = self.meta.getattr(ino)
@@ -340,7 +326,7 @@ class VFS:
             self._handles[fh] = h
         try:
             if writer is not None and (writable or flags & os.O_TRUNC):
-                h.clear_on_write = writer.bits_cleared(attr)
+                h.clear_on_write = _bits_cleared(writer, attr)
             # Linux truncates on O_TRUNC whatever the access mode (the caller checked
             # write permission); the open file's size counts writes not yet committed
             if flags & os.O_TRUNC:
@@ -418,7 +404,7 @@ class VFS:
 
     def access(self, ino: int, mask: int, uid: int, gid: int, groups: set[int]) -> bool:
         """access(2) by mode bits (the mount normally leaves this to the kernel)."""
-        return Caller(uid, gid, frozenset(groups)).permits(self.meta.getattr(ino), mask)
+        return Caller(uid, gid, groups).permits(self.meta.getattr(ino), mask)
 
     def flush(self, fh: int) -> None:
         self._commit(self._handle(fh).oi)

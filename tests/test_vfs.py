@@ -178,12 +178,12 @@ def test_sequential_writes_upload_each_block_as_soon_as_it_is_full(nx, store):
 @pytest.mark.parametrize("change", ["write", "truncate", "open-trunc"])
 def test_a_change_by_another_user_clears_setuid_and_setgid_as_linux_does(nx, store, mode, groups, uid,
                                                                          left, change):
-    from nexusfs.vfs import Writer
+    from nexusfs.types import Caller
 
     nx.write_bytes("/prog", b"#!/bin/sh\n")
     ino = nx.stat("/prog").ino
     store.vfs.setattr(ino, mode=mode, uid=0, gid=0)
-    writer = Writer(uid, 1000, lambda: groups)
+    writer = Caller(uid, 1000, lookup_groups=lambda: groups)
     vfs = store.vfs
     if change == "truncate":
         vfs.setattr(ino, size=3, writer=writer)

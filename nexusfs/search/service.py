@@ -118,15 +118,23 @@ class View:
 
     def can_list(self, dino: int) -> bool:
         """May the caller list ``dino`` and every directory between the scope and it?"""
-        ok = self._dirs.get(dino)
-        if ok is None:
+        chain: list[int] = []  # dino and its parents up to one whose answer is known
+        cur = dino
+        while (ok := self._dirs.get(cur)) is None:
+            chain.append(cur)
             try:
-                ok = self.caller.permits(self.meta.getattr(dino), 0o5)
-                if ok and dino != self.scope and dino != ROOT_INODE:
-                    ok = self.can_list(self.meta.parent_of(dino))
+                if not self.caller.permits(self.meta.getattr(cur), 0o5):
+                    ok = False
+                elif cur in (self.scope, ROOT_INODE):
+                    ok = True
+                else:
+                    cur = self.meta.parent_of(cur)
+                    continue
             except OSError:
                 ok = False
-            self._dirs[dino] = ok
+            break
+        for d in chain:  # below a directory that cannot be listed, nothing can be seen
+            self._dirs[d] = ok
         return ok
 
     def can_read(self, ino: int) -> bool:

@@ -238,8 +238,6 @@ class SearchDirs:
             except ValueError as exc:
                 raise FsError(errno.EINVAL, str(exc)) from None
         elif kind == b"semantic":
-            if not q.strip():
-                raise FsError(errno.EINVAL, "empty search query")
             results = self.searcher.search(q, scope_path, SEMANTIC_K * 2)
             if results.pending:
                 line(f"# {results.pending} file(s) not indexed yet; results may miss them")

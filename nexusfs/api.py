@@ -30,7 +30,7 @@ from .search.grep import GrepMatch, GrepOptions, compile_pattern
 from .search.index import EmbedderRecord, IndexStatus
 from .search.indexer import wait_for_index
 from .search.pattern import compile_glob
-from .search.service import SearchResults
+from .search.service import SearchResults, check_query
 from .store import Store
 from .types import ROOT_INODE, TIME_NOW, Attr, StoreInfo
 
@@ -754,8 +754,7 @@ class Nexus:
         ``results.pending`` counts files whose latest content is not indexed yet;
         ``results.note`` says why the configured embedder is not the one used, if it is not.
         """
-        if not query.strip():
-            raise FsError(errno.EINVAL, "empty search query")
+        check_query(query)  # before the root: a blank query is the first thing wrong
         attr = self._dir(root)
         return self.store.searcher.search(query, self._shown_path(root, attr), k)
 

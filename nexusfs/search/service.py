@@ -14,6 +14,7 @@ reported, and the result says how many files are still waiting to be indexed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import re
 import stat
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 
 from .. import paths
 from ..blocks import BlockLayer
+from ..errors import FsError
 from ..meta.engine import MetadataEngine
 from ..types import ROOT_INODE, Caller
 from .content import read_committed
@@ -551,6 +553,7 @@ class Searcher:
 
     # ------------------------------------------------------------- semantic
     def search(self, query: str, root: str, k: int = 10) -> SearchResults:
+        check_query(query)
         self.prepare()
         results = SearchResults()
         results.pending = self.index.pending_count()
@@ -682,6 +685,12 @@ class Searcher:
                 return None
             ino = child
         return ino
+
+
+def check_query(query: str) -> None:
+    """A semantic query must say something: a blank one is EINVAL (API, CLI and mount alike)."""
+    if not query.strip():
+        raise FsError(errno.EINVAL, "empty search query")
 
 
 def bm25_words(query: str) -> list[str]:

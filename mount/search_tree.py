@@ -145,7 +145,6 @@ class Node:
     scope: int  # the real directory D searched
     scope_path: str  # its path in the store
     search: bytes = b""  # kind name (glob, grep, ...)
-    query: str = ""
     target: bytes = b""  # links
     results: ResultsFile | None = None  # .results
     message: bytes = b""  # .error
@@ -159,8 +158,6 @@ class Node:
     key: tuple = ()
     #: query dirs: the store's state the results were computed in (see SearchDirs.generation)
     generation: tuple = ()
-    #: query dirs: whether the query has run (its entries are results, not yet to come)
-    made_for: bool = False
     #: query dirs: held while the query runs, so concurrent lookups inside wait for it
     running: threading.Lock = field(default_factory=threading.Lock)
 
@@ -225,7 +222,7 @@ class SearchTree:
         """Whether a query directory's contents can be used as they are: recent, nothing
         in the store changed since they were made, and its results not freed."""
         with self._lock:
-            if not node.made_for or not self.fresh(node, generation):
+            if not node.entries or not self.fresh(node, generation):  # (no entries: never run)
                 return False
             if node.error is not None:
                 return True
@@ -274,7 +271,6 @@ class SearchTree:
         node.error = error
         node.made = time.monotonic()
         node.made_ns = time.time_ns()
-        node.made_for = True
         node.generation = generation
         self._drop_unused(ino for name, ino in old.items() if entries.get(name) != ino)
         return node

@@ -42,7 +42,7 @@ from typing import IO, Any, NoReturn
 import click
 
 from . import __version__, paths
-from .config import parse_duration
+from .config import format_duration, parse_duration
 from .errors import FsError, NexusError
 from .localcopy import (
     Getter,
@@ -412,13 +412,6 @@ def _mtime(ns: int) -> str:
 def _when_s(ns: int) -> str:
     """A moment to the second, rounded up (gc may run from then on)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(-(-ns // 10**9)))
-
-
-def _duration(seconds: float) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= n and seconds % n == 0:
-            return f"{seconds / n:.0f}{unit}"
-    return f"{seconds:g}s"
 
 
 def _when(ns: int) -> str:
@@ -1024,7 +1017,7 @@ def gc(grace: str | None) -> None:
     if report.waiting_objects:
         first, last = _when_s(report.waiting_from_ns), _when_s(report.waiting_until_ns)
         out(f"{human(report.waiting_bytes)} in {report.waiting_objects} unreferenced objects is waiting "
-            f"for the grace period ({_duration(report.grace)}): gc can free it from {first} on"
+            f"for the grace period ({format_duration(report.grace)}): gc can free it from {first} on"
             + (f" (all of it from {last})" if last != first else ""))
     if report.errors:
         _fail(f"{report.errors} blob(s) could not be deleted (they will be retried by the next gc)")

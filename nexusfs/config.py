@@ -40,6 +40,14 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as a person writes it ('1h', '10m'), in seconds when no unit divides it."""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n and seconds % n == 0:
+            return f"{seconds / n:.0f}{unit}"
+    return f"{seconds:g}s"
+
+
 def _seconds(s: float) -> str:
     return f"{s:g}s"
 

@@ -121,3 +121,32 @@ def mdir(shared_mount, request):
     os.mkdir(path)
     os.chmod(path, 0o777)
     return path
+
+
+# ------------------------------------------------------------------ skips in CI
+from tests import needs  # noqa: E402
+
+_unexpected_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """Remember every skip that is not allowed in CI (see tests/needs.py)."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if not reason.startswith(needs.ALLOWED_SKIPS):
+        _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if needs.strict() and _unexpected_skips and exitstatus in (0, 5):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if needs.strict() and _unexpected_skips:
+        terminalreporter.section("unexpected skips (CI is set: each part the tests need must be there)")
+        for line in _unexpected_skips:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"{len(_unexpected_skips)} unexpected skip(s): the run fails")

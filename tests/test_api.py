@@ -416,8 +416,9 @@ def test_seek_and_tell(nx):
 def test_seek_to_a_negative_position_fails(nx):
     nx.write_bytes("/f", b"abc")
     with nx.open("/f", "rb", buffering=0) as f:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError) as ei:
             f.seek(-1)
+        assert ei.value.errno == errno.EINVAL
 
 
 def test_write_after_seek_past_the_end_fills_with_zeros(nx):
@@ -481,8 +482,9 @@ def test_mkdir_exist_ok_still_fails_on_a_file(nx):
     with pytest.raises(FsError) as ei:
         nx.mkdir("/f", exist_ok=True)
     assert errno_of(ei) == errno.EEXIST
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         nx.mkdir("/f/sub", parents=True)
+    assert errno_of(ei) == errno.ENOTDIR
     assert nx.is_file("/f")
 
 
@@ -1174,8 +1176,9 @@ def test_write_many_is_all_or_nothing(nx):
         "/plainfile/child": b"cannot exist: parent is a file",
         "/ok/three": pattern(BS, 3),
     }
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         nx.write_many(files)
+    assert errno_of(ei) == errno.ENOTDIR
     assert not nx.exists("/ok")
     assert nx.list("/", recursive=True) == ["/plainfile"]
     assert nx.read_bytes("/plainfile") == b"a file, not a directory"
@@ -1198,8 +1201,9 @@ def test_read_many(nx):
     nx.write_bytes("/a", b"A")
     nx.write_bytes("/b", pattern(BS * 2))
     assert nx.read_many(["/a", "b"]) == {"/a": b"A", "/b": pattern(BS * 2)}
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         nx.read_many(["/a", "/missing"])
+    assert errno_of(ei) == errno.ENOENT
 
 
 def test_delete_many_is_all_or_nothing(nx):

@@ -129,8 +129,9 @@ def test_a_direct_write_error_after_o_direct_worked_fails_the_put_and_keeps_the_
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(local, "_write_all", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as ei:
         s.put(KEY, os.urandom(DIRECT_MIN))
+    assert ei.value.errno == errno.EIO
     assert s.get(KEY) == old
     assert s.direct is True
     assert not list(s.list_temporary())

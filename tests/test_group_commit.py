@@ -72,10 +72,11 @@ def test_the_group_commits_by_itself_after_the_delay(db):
 def test_a_failing_operation_in_a_group_is_undone_alone(db):
     db.enable_group_commit(LONG)
     _insert(db, "a")
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         with db.transaction(deferrable=True):
             db.execute("INSERT INTO t (k, v) VALUES ('half', 1)")
             raise FsError(errno.EEXIST, "refused halfway")
+    assert ei.value.errno == errno.EEXIST
     with pytest.raises(apsw.ConstraintError):
         _insert(db, "a")  # duplicate key: the statement fails inside the group
     _insert(db, "b")

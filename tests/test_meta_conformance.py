@@ -1085,8 +1085,9 @@ def test_failed_create_leaves_parent_times_alone(env):
     d = env.mkdir(ROOT_INODE, b"d")
     env.mk(d.ino, b"x")
     env.age(d.ino)
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         env.mk(d.ino, b"x")
+    assert err(ei) == errno.EEXIST
     got = env.attr(d.ino)
     assert got.mtime_ns == OLD_NS and got.ctime_ns == OLD_NS
 
@@ -1535,16 +1536,54 @@ def test_names_of_lists_every_hard_link(env):
 
 
 # ------------------------------------------------------------------ atomicity
-def test_failed_operation_changes_nothing(env):
-    # a rename that fails halfway through its checks must leave no trace
+def test_failed_check_changes_nothing(env):
+    # a rename refused by its checks (the target is a non-empty directory) leaves no trace
     d = env.mkdir(ROOT_INODE, b"d")
     env.mk(d.ino, b"child")
     env.mkdir(ROOT_INODE, b"src")
     before = [(e.name, e.attr.ino, e.attr.nlink) for e in env.meta.readdir(ROOT_INODE)]
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         env.rename(ROOT_INODE, b"src", ROOT_INODE, b"d")
+    assert err(ei) == errno.ENOTEMPTY
     after = [(e.name, e.attr.ino, e.attr.nlink) for e in env.meta.readdir(ROOT_INODE)]
     assert before == after
+
+
+def test_a_rename_that_fails_halfway_changes_nothing(env, monkeypatch):
+    """A rename over a file that fails after it has already written (the target's name
+    deleted, its link dropped, the source moved) must be undone entirely."""
+    d = env.mkdir(ROOT_INODE, b"d")
+    victim = env.mk(d.ino, b"victim")
+    env.write(victim.ino, b"the old contents")
+    src = env.mk(ROOT_INODE, b"src")
+    env.age(ROOT_INODE)
+    env.age(d.ino)
+
+    def state():
+        return (
+            [(e.name, e.attr.ino, e.attr.nlink) for e in env.meta.readdir(ROOT_INODE)],
+            [(e.name, e.attr.ino, e.attr.nlink) for e in env.meta.readdir(d.ino)],
+            [(a.nlink, a.mtime_ns, a.ctime_ns) for a in map(env.attr, (ROOT_INODE, d.ino, victim.ino, src.ino))],
+        )
+
+    before = state()
+    real_touch = MetadataEngine._touch_dir
+    reached = []
+
+    def touch_then_fail(self, ino, *args, **kw):
+        # halfway: the rename has already replaced the target's name in this transaction
+        reached.append(self.lookup_inode(d.ino, b"victim"))
+        real_touch(self, ino, *args, **kw)
+        raise FsError(errno.EIO, "injected: the disk failed halfway through the rename")
+
+    monkeypatch.setattr(MetadataEngine, "_touch_dir", touch_then_fail)
+    with pytest.raises(FsError) as ei:
+        env.rename(ROOT_INODE, b"src", d.ino, b"victim")
+    assert err(ei) == errno.EIO
+    monkeypatch.undo()
+    assert reached and reached[0] != victim.ino, "the rename failed before it changed anything"
+    assert state() == before
+    assert env.read(victim.ino) == b"the old contents"
 
 
 def test_engine_reopens_with_the_same_namespace(env, tmp_path):

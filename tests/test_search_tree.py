@@ -124,8 +124,9 @@ def test_results_spill_to_an_unnamed_file_and_stop_at_their_limit(tmp_path):
         r.write(b"y" * 50)
     assert exc.value.errno == errno.EFBIG
     r.close()
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as exc:
         r.read(0, 1)
+    assert exc.value.errno == errno.ESTALE
 
 
 def test_a_query_cannot_hold_a_nul():

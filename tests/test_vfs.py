@@ -5,6 +5,7 @@ The ``nx`` fixture's store has 64 KiB blocks and keeps files up to 1 KiB inline.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -616,8 +617,9 @@ def test_unlinked_open_file_stays_usable_until_last_release_then_is_purged(nx, s
     assert store.meta.getattr(ino).nlink == 0  # b still has it open
     assert b.read(0, 10) == data[:10]
     b.close()
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         store.meta.getattr(ino)
+    assert ei.value.errno == errno.ENOENT
     assert live_objects(store) & objs == set()
     assert nx.info().unreferenced_objects >= 3
     assert_fsck_clean(nx)
@@ -631,8 +633,9 @@ def test_unlinked_open_file_written_before_any_commit_is_purged_on_release(nx, s
     h.write(0, pattern(2 * BS))
     nx.delete("/f")
     h.close()
-    with pytest.raises(FsError):
+    with pytest.raises(FsError) as ei:
         store.meta.getattr(ino)
+    assert ei.value.errno == errno.ENOENT
     assert live_objects(store) == set()
     assert_fsck_clean(nx)
 

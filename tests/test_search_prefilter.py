@@ -27,6 +27,7 @@ CONTENTS = [
     b"aaaa" * 600 + b"\n",
     b"class FooError(Exception):\n    pass\n",
     b"x=1;y=22;z=333\n",
+    b"end at the very start\ncr\rlf\nend of the file",
 ]
 
 PATTERNS = [
@@ -72,9 +73,10 @@ def test_never_rules_out_a_matching_content(pattern, ignore_case):
     rx = compile_pattern(pattern, opts)
     check = content_filter(translate_gnu(pattern), ignore_case)  # as line_matcher does
     assert check is not None, f"{pattern!r} should be translatable"
-    for data in CONTENTS:
-        if rx.search(data):
-            assert check(data), f"{pattern!r} matches {data[:60]!r} but the pre-check ruled it out"
+    matching = [data for data in CONTENTS if rx.search(data)]
+    assert matching, f"{pattern!r} matches none of CONTENTS: add a content it matches, or the check below never runs"
+    for data in matching:
+        assert check(data), f"{pattern!r} matches {data[:60]!r} but the pre-check ruled it out"
 
 
 def test_rules_out_contents_without_a_match():

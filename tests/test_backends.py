@@ -7,6 +7,7 @@ import mmap
 import os
 import stat
 import threading
+import time
 
 import pytest
 
@@ -238,28 +239,39 @@ def test_put_over_an_existing_key_replaces_it_whole(blobs):
 def test_concurrent_overwrites_never_expose_a_torn_blob(blobs):
     a, b = b"a" * (1 << 20), b"b" * (1 << 20)
     blobs.put(KEY, a)
+    writing = threading.Event()
     stop = threading.Event()
     seen: set[bytes] = set()
+    reads_while_writing = 0
     errors: list[BaseException] = []
 
     def reader():
+        nonlocal reads_while_writing
         try:
             while not stop.is_set():
                 data = blobs.get(KEY)
                 seen.add(data[:1] + data[-1:] + bytes([len(set(data))]) + len(data).to_bytes(4, "big"))
+                reads_while_writing += writing.is_set()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
     t = threading.Thread(target=reader)
     t.start()
+    writing.set()
     try:
-        for i in range(30):
+        # at least 30 overwrites, and on until the reader has read during 20 of them
+        deadline = time.monotonic() + 120
+        i = 0
+        while i < 30 or reads_while_writing < 20:
+            assert time.monotonic() < deadline, f"the reader read only {reads_while_writing} times"
             blobs.put(KEY, a if i % 2 else b)
+            i += 1
     finally:
         stop.set()
         t.join()
     assert not errors
     n = (1 << 20).to_bytes(4, "big")
+    assert seen, "the reader never read the blob"
     assert seen <= {b"aa\x01" + n, b"bb\x01" + n}
 
 

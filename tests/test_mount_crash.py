@@ -278,7 +278,7 @@ def test_sigkill_with_unlinked_open_file(mnt):
             pass
     with nexusfs.connect(mnt.home) as nx:
         report = nx.fsck()
-        assert {p.check for p in report.problems} <= {"orphans"}, "; ".join(map(str, report.problems))
+        assert {p.check for p in report.problems} == {"orphans"}, "; ".join(map(str, report.problems))
         assert nx.listdir("/") == []
     again = MountedStore(mnt.home, mnt.mountpoint).start()
     try:

@@ -810,8 +810,11 @@ def test_statfs_and_df(mdir, shared_mount):
     used_before = (s.f_blocks - s.f_bfree) * s.f_frsize
     used_after = (s2.f_blocks - s2.f_bfree) * s2.f_frsize
     assert used_after >= used_before + 7 * MiB
-    out = subprocess.run(["df", "-i", "-P", shared_mount.mountpoint], capture_output=True, text=True, check=True)
-    assert out.returncode == 0
+    out = subprocess.run(["df", "-i", "-P", shared_mount.mountpoint], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].split()[-1] == shared_mount.mountpoint, out
+    inodes, iused, ifree = (int(x) for x in lines[1].split()[1:4])
+    assert inodes > 0 and iused >= 2 and iused + ifree == inodes, out  # at least the root and "big"
 
 
 def test_xattrs(mdir):

@@ -500,20 +500,27 @@ def test_make_builds_and_rebuilds_incrementally(mdir):
 
 
 # ===================================================== find, grep, du, ls
-def test_find_grep_du(mdir):
+def test_find_grep_du(mdir, tmp_path):
     need("grep", "find", "du")
-    rng = random.Random(16)
-    make_tree(os.path.join(mdir, "t"), rng, nfiles=80)
-    want = subprocess.run(["find", ".", "-not", "-type", "d"], cwd=os.path.join(mdir, "t"),
-                          capture_output=True, text=True, check=True).stdout.split()
+    make_tree(os.path.join(mdir, "t"), random.Random(16), nfiles=80)
+    for dirpath, _dirs, names in os.walk(os.path.join(mdir, "t")):  # grep reads what was stored
+        for name in names:
+            if stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
+                drop_cache(os.path.join(dirpath, name))
+    # the same tree on the local disk is the oracle for find and grep
+    local = str(tmp_path / "t")
+    make_tree(local, random.Random(16), nfiles=80)
+
+    def found(root: str, *cmd: str) -> list[str]:
+        return sorted(run(list(cmd), cwd=root).stdout.splitlines())
+
+    want = found(local, "find", ".", "-not", "-type", "d")
     assert len(want) == 80 + 1 + 5  # files, big.dat, the specials
-    grep = subprocess.run(["grep", "-rn", "line 7 of 1[0-9]:", "."], cwd=os.path.join(mdir, "t"),
-                          capture_output=True, text=True)
-    assert grep.returncode in (0, 1)
-    for hit in grep.stdout.splitlines():
-        path, lineno, text = hit.split(":", 2)
-        with open(os.path.join(mdir, "t", path)) as f:
-            assert f.read().splitlines()[int(lineno) - 1] == text
+    assert found(os.path.join(mdir, "t"), "find", ".", "-not", "-type", "d") == want
+    # run() requires exit 0: grep exits 1 when nothing matched
+    hits = found(local, "grep", "-rn", "line 7 of 1[0-9]:", ".")
+    assert hits, "the pattern must match something in the tree, or this compares nothing"
+    assert found(os.path.join(mdir, "t"), "grep", "-rn", "line 7 of 1[0-9]:", ".") == hits
     du = run(["du", "-sk", os.path.join(mdir, "t")]).stdout.split()[0]
     assert int(du) >= 5 * 1024, "du counts the stored blocks"
     ls = run(["ls", "-laR", os.path.join(mdir, "t")]).stdout

@@ -89,7 +89,8 @@ def test_text_is_capped_at_a_line_end_and_says_so():
     # far over the cap, the bytes are cut before decoding, never inside a UTF-8 sequence
     many = ("é" * 50 + "\n") * 100
     got = extract_text(many.encode(), "accents.txt", max_chars=40)
-    assert got is not None and got.truncated and set(got.text) <= {"é", "\n"}
+    assert got is not None and got.truncated and got.text and set(got.text) <= {"é", "\n"}
+    assert many.startswith(got.text) and len(got.text) <= 40
 
 
 def test_a_prefix_of_a_file_is_marked_truncated_without_its_cut_last_line():

@@ -20,6 +20,7 @@ from nexusfs.config import Config
 from nexusfs.errors import NexusError
 
 from .runner import (
+    CACHE_TIMEOUT_S,
     MountError,
     MountOptions,
     mount_in_background,
@@ -71,7 +72,7 @@ def mount_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Let other users use the mount (default: on when run as root; permissions are enforced)."),
         click.option("--writeback-cache/--no-writeback-cache", default=False, show_default=True,
                      help="Let the kernel buffer writes and send them in large requests."),
-        click.option("--attr-timeout", type=float, default=1.0, show_default=True,
+        click.option("--attr-timeout", type=float, default=CACHE_TIMEOUT_S, show_default=True,
                      help="Seconds the kernel may cache attributes and names."),
         click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
                      help="Mount options (allow_other, nonempty, attr_timeout=S, writeback_cache=0; fstab options are ignored)."),

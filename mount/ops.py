@@ -30,6 +30,7 @@ from nexusfs.errors import FsError, NexusError
 from nexusfs.types import Attr, Caller
 from nexusfs.vfs import VFS
 
+from .runner import CACHE_TIMEOUT_S
 from .search_ops import RESULTS_MAX, SEARCH_DIR, SearchDirs
 
 log = logging.getLogger("nexusfs.mount")
@@ -78,9 +79,9 @@ class NexusOperations(pyfuse3.Operations):
         self,
         vfs: VFS,
         *,
-        attr_timeout: float = 1.0,
-        entry_timeout: float = 1.0,
-        negative_timeout: float = 1.0,
+        attr_timeout: float = CACHE_TIMEOUT_S,
+        entry_timeout: float = CACHE_TIMEOUT_S,
+        negative_timeout: float = CACHE_TIMEOUT_S,
         writeback_cache: bool = True,
         searcher: Any = None,
         search_spill_dir: str | None = None,

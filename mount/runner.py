@@ -26,13 +26,17 @@ class MountError(NexusError):
     """The mount cannot start; the message says why in one sentence."""
 
 
+#: default seconds the kernel may cache attributes, names and missing names
+CACHE_TIMEOUT_S = 1.0
+
+
 @dataclass
 class MountOptions:
     allow_other: bool | None = None  # None: on when running as root
     writeback_cache: bool = False
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
-    negative_timeout: float = 1.0
+    attr_timeout: float = CACHE_TIMEOUT_S
+    entry_timeout: float = CACHE_TIMEOUT_S
+    negative_timeout: float = CACHE_TIMEOUT_S
     debug: bool = False
     nonempty: bool = False
     search: bool = True  # the virtual .search/ directories

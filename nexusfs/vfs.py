@@ -41,6 +41,8 @@ from .types import Attr, Caller, DirEntry, StatFs, TimeNow
 log = logging.getLogger("nexusfs.vfs")
 
 MAX_FILE_SIZE = 1 << 62
+#: seconds statfs figures are reused before the usage is counted again
+STATFS_CACHE_S = 1.0
 _DAY_NS = 86400 * 10**9
 
 __all__ = ["VFS", "WouldBlock", "MAX_FILE_SIZE"]
@@ -271,7 +273,7 @@ class VFS:
 
     def statfs(self) -> StatFs:
         now = time.monotonic()
-        if self._statfs_cache is None or now - self._statfs_cache[0] > 1.0:
+        if self._statfs_cache is None or now - self._statfs_cache[0] > STATFS_CACHE_S:
             self._statfs_cache = (now, self.meta.statfs_usage())
         used, inodes = self._statfs_cache[1]
         frsize = 4096

@@ -59,7 +59,7 @@ def test_waits_while_the_store_is_busy(store, monkeypatch):
     ix = start_indexer(store, clock)
     try:
         store.write_bytes("/a.txt", b"needle in a haystack\n")
-        time.sleep(1.0)  # four quiet periods: would have been indexed by now if quiet
+        time.sleep(4 * indexer_mod.QUIET_S)  # four quiet periods: would have been indexed by now if quiet
         assert store.index_status().pending == 1
         assert ix.indexed == 0
         clock.busy = False

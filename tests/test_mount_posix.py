@@ -23,6 +23,8 @@ import time
 import pytest
 
 import nexusfs
+from mount.runner import CACHE_TIMEOUT_S
+from nexusfs.vfs import STATFS_CACHE_S
 from tests.mount_helpers import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -33,7 +35,7 @@ from tests.mount_helpers import (
     sha256_file,
     utimensat,
 )
-from tests.mountutil import MountedStore
+from tests.mountutil import MountedStore, wait_until
 
 pytestmark = pytest.mark.mount
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root (device nodes, chown)")
@@ -803,13 +805,15 @@ def test_statfs_and_df(mdir, shared_mount):
     total, used, avail = (int(x) for x in fields[1:4])
     assert total > 0 and used >= 0 and avail >= 0 and used + avail <= total + 1
     assert fields[4].endswith("%")
-    # usage grows when data is stored (statfs figures are cached for about a second)
+    # usage grows when data is stored (statfs figures are cached for STATFS_CACHE_S)
     write_file(os.path.join(mdir, "big"), random.Random(4).randbytes(8 * MiB))
-    time.sleep(1.2)
-    s2 = os.statvfs(mdir)
     used_before = (s.f_blocks - s.f_bfree) * s.f_frsize
-    used_after = (s2.f_blocks - s2.f_bfree) * s2.f_frsize
-    assert used_after >= used_before + 7 * MiB
+
+    def used_now() -> int:
+        s2 = os.statvfs(mdir)
+        return (s2.f_blocks - s2.f_bfree) * s2.f_frsize
+
+    assert wait_until(lambda: used_now() >= used_before + 7 * MiB, timeout=STATFS_CACHE_S + 30), used_now()
     out = subprocess.run(["df", "-i", "-P", shared_mount.mountpoint], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
     assert len(lines) == 2 and lines[1].split()[-1] == shared_mount.mountpoint, out
@@ -1148,7 +1152,7 @@ def test_utime_after_unflushed_write(iodir):
     st = os.stat(p)
     assert (st.st_atime_ns, st.st_mtime_ns) == (1_111_111_111_222_222_222, 1_222_222_222_333_333_333)
     drop_cache(p)  # (opens it for reading: atime moves on, relatime-style)
-    time.sleep(1.1)  # past the attribute cache
+    time.sleep(CACHE_TIMEOUT_S + 0.1)  # past the attribute cache: the times come from the filesystem
     st = os.stat(p)
     assert st.st_size == BS + 100
     assert st.st_mtime_ns == 1_222_222_222_333_333_333
@@ -1160,7 +1164,7 @@ def test_utime_after_unflushed_write(iodir):
         os.pwrite(fd, b"", 0)  # an empty write changes nothing
     finally:
         os.close(fd)
-    time.sleep(1.1)
+    time.sleep(CACHE_TIMEOUT_S + 0.1)
     assert os.stat(p).st_mtime_ns == 6_000_000_002
 
 
@@ -1253,14 +1257,16 @@ def test_changes_through_the_api_while_mounted(request, cache):
     with nexusfs.connect(m.home) as nx:
         nx.write_bytes(f"/{name}", new)
         nx.write_bytes(f"/{name}-created", b"created by the API")
-    time.sleep(1.2)  # past the attribute and entry timeouts
-    assert read_file(m.path(f"{name}-created")) == b"created by the API"
-    got = read_file(p)
+    # once the attribute and entry timeouts have passed, the mount shows the API's changes
+    created = m.path(f"{name}-created")
+    assert wait_until(lambda: os.path.exists(created), timeout=CACHE_TIMEOUT_S + 30)
+    assert read_file(created) == b"created by the API"
     if cache == "no-writeback":
-        assert got == new
+        assert wait_until(lambda: read_file(p) == new, timeout=CACHE_TIMEOUT_S + 30), read_file(p)
         assert os.stat(p).st_size == len(new)
     else:
-        assert got in (new, new[: len(b"old content")])
+        expected = (new, new[: len(b"old content")])
+        assert wait_until(lambda: read_file(p) in expected, timeout=CACHE_TIMEOUT_S + 30), read_file(p)
 
 
 # ====================================================================== limits

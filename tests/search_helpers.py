@@ -151,7 +151,9 @@ def gnu_grep(local: str, pattern: str, flags: Sequence[str] = (), sub: str = "."
     so a ':' in a line (or a name) cannot confuse the parsing.
     """
     base = ["-rnI", "-Z"] + ([] if "-F" in flags else ["-E"])
-    res = subprocess.run(["grep", *base, *flags, "-e", pattern, sub], cwd=local, env=C_ENV,
+    from tests.oracles import gnu_grep as grep
+
+    res = subprocess.run([grep(), *base, *flags, "-e", pattern, sub], cwd=local, env=C_ENV,
                          capture_output=True, timeout=120)
     if res.returncode not in (0, 1):
         raise AssertionError(f"grep failed ({res.returncode}): {res.stderr.decode(errors='replace')}")

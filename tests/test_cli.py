@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -19,6 +18,7 @@ from click.testing import CliRunner
 import nexusfs
 from nexusfs import cli as cli_mod
 from nexusfs.cli import cli
+from tests.oracles import nexus_bin
 
 BS = 64 * 1024
 
@@ -828,8 +828,7 @@ def test_failing_entry_point_metadata(nexus, monkeypatch):
 
 # -------------------------------------------------------------- end to end
 def _nexus_argv() -> list[str]:
-    exe = shutil.which("nexus")
-    return [exe] if exe else [sys.executable, "-c", "from nexusfs.cli import main; main()"]
+    return [nexus_bin()]
 
 
 def test_console_script_end_to_end(tmp_path):

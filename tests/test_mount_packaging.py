@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 
 import nexusfs
 from tests.mountutil import force_unmount, fuse_usable
+from tests.oracles import nexus_bin
 
 pytestmark = pytest.mark.mount
 
@@ -19,12 +18,6 @@ HELPER = os.path.join(REPO, "packaging", "mount.fuse.nexus")
 
 if fuse_usable():
     pytest.skip(f"no FUSE here: {fuse_usable()}", allow_module_level=True)
-
-
-def nexus_bin() -> str:
-    """The `nexus` console script of the Python running the tests."""
-    cand = os.path.join(os.path.dirname(sys.executable), "nexus")
-    return cand if os.path.exists(cand) else shutil.which("nexus")
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:

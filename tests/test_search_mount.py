@@ -15,6 +15,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from urllib.parse import unquote
@@ -291,6 +292,46 @@ def test_read_only(mdir):
     assert sorted(os.listdir(mdir)) == ["a.txt"]
     with open(os.path.join(mdir, "a.txt"), "rb") as f:
         assert f.read() == b"findme\n"
+
+
+def test_read_only_attributes_times_owners_and_nodes(mdir):
+    """What .search refuses beyond names: extended attributes, times, owners, device nodes
+    (EROFS, as for everything that would change it), on each kind of entry."""
+    write(os.path.join(mdir, "a.txt"), b"findme\n")
+    s = os.path.join(mdir, ".search")
+    qdir = os.path.join(s, "grep", "findme")
+    assert sorted(os.listdir(qdir)) == [".results", "a.txt"]
+    link = os.path.join(qdir, "a.txt")
+    res = os.path.join(qdir, ".results")
+    for path in (s, os.path.join(s, "grep"), qdir, res):
+        assert errno_of(os.setxattr, path, "user.k", b"v") == errno.EROFS, path
+        assert errno_of(os.removexattr, path, "user.k") == errno.EROFS, path
+        assert errno_of(os.utime, path, ns=(1, 1)) == errno.EROFS, path
+        assert errno_of(os.utime, path) == errno.EROFS, path
+        assert errno_of(os.chown, path, 0, 0) == errno.EROFS, path
+    assert errno_of(os.utime, link, ns=(1, 1), follow_symlinks=False) == errno.EROFS
+    assert errno_of(os.chown, link, 0, 0, follow_symlinks=False) == errno.EROFS
+    assert errno_of(os.mknod, os.path.join(qdir, "fifo"), 0o600 | stat.S_IFIFO) == errno.EROFS
+    assert errno_of(os.mknod, os.path.join(s, "fifo"), 0o600 | stat.S_IFIFO) == errno.EROFS
+    # nothing changed in the real directory, nor on the file the result links to
+    assert sorted(os.listdir(mdir)) == ["a.txt"]
+    assert os.listxattr(os.path.join(mdir, "a.txt")) == []
+
+
+def test_virtual_entries_have_no_extended_attributes(mdir):
+    """getxattr/listxattr on .search entries: none there (ENODATA, an empty list), and the
+    real file a result links to keeps its own."""
+    write(os.path.join(mdir, "a.txt"), b"findme\n")
+    os.setxattr(os.path.join(mdir, "a.txt"), "user.colour", b"blue")
+    s = os.path.join(mdir, ".search")
+    qdir = os.path.join(s, "grep", "findme")
+    assert sorted(os.listdir(qdir)) == [".results", "a.txt"]
+    for path in (s, os.path.join(s, "grep"), qdir, os.path.join(qdir, ".results")):
+        assert os.listxattr(path) == [], path
+        assert errno_of(os.getxattr, path, "user.colour") == errno.ENODATA, path
+    # through the result link: the real file's
+    assert os.getxattr(os.path.join(qdir, "a.txt"), "user.colour") == b"blue"
+    assert os.listxattr(os.path.join(qdir, "a.txt")) == ["user.colour"]
 
 
 def test_results_follow_writes_through_the_mount(mdir):

@@ -7,8 +7,20 @@ import os
 import posixpath
 
 from .errors import FsError
+from .types import NAME_MAX, PATH_MAX
 
 PathLike = str | bytes | os.PathLike
+
+
+def check_length(raw: bytes) -> None:
+    """ENAMETOOLONG, as the kernel answers, for a path of PATH_MAX bytes or more (the
+    kernel counts the final NUL) or a name in it longer than NAME_MAX bytes."""
+    if len(raw) >= PATH_MAX:
+        raise FsError(errno.ENAMETOOLONG, f"a path of {len(raw)} bytes (at most {PATH_MAX - 1})")
+    for name in raw.split(b"/"):
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"a name of {len(name)} bytes (at most {NAME_MAX}): "
+                                              f"{decode(name[:40])}...")
 
 
 def to_str(path: PathLike) -> str:
@@ -23,6 +35,7 @@ def normalize(path: PathLike) -> str:
     p = to_str(path)
     if "\0" in p:
         raise FsError(errno.EINVAL, "path contains a NUL byte")
+    check_length(encode(p))
     p = posixpath.normpath("/" + p)
     if p.startswith("//"):
         p = "/" + p.lstrip("/")
@@ -63,6 +76,7 @@ def components(path: PathLike) -> tuple[list[bytes], bool]:
         raise FsError(errno.EINVAL, "path contains a NUL byte")
     if not raw:
         raise FsError(errno.ENOENT)
+    check_length(raw)
     comps = [c for c in raw.split(b"/") if c]
     return comps, raw.endswith(b"/") and bool(comps)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 ROOT_INODE = 1
 NAME_MAX = 255
+PATH_MAX = 4096  # bytes, the final NUL included (linux/limits.h)
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 SYMLINK_MAX = 4095

@@ -488,6 +488,50 @@ def test_mkdir_exist_ok_still_fails_on_a_file(nx):
     assert nx.is_file("/f")
 
 
+# the kernel's limits (linux/limits.h): a name of at most 255 bytes, a path of at most
+# 4095 (4096 with its final NUL); beyond them ENAMETOOLONG, before anything is created
+LONG_PATH = "/" + "/".join(["d" * 200] * 25)  # 5,025 bytes of names no longer than 200
+
+
+@pytest.mark.parametrize("op", ["write_bytes", "mkdir", "stat", "read_bytes", "rename", "symlink"])
+def test_a_path_longer_than_path_max_is_enametoolong(nx, op):
+    nx.write_bytes("/f", b"x")
+    calls = {
+        "write_bytes": lambda: nx.write_bytes(LONG_PATH, b"x", parents=True),
+        "mkdir": lambda: nx.mkdir(LONG_PATH, parents=True),
+        "stat": lambda: nx.stat(LONG_PATH),
+        "read_bytes": lambda: nx.read_bytes(LONG_PATH),
+        "rename": lambda: nx.rename("/f", LONG_PATH),
+        "symlink": lambda: nx.symlink("/f", LONG_PATH),
+    }
+    with pytest.raises(FsError) as ei:
+        calls[op]()
+    assert errno_of(ei) == errno.ENAMETOOLONG
+    assert nx.list("/", recursive=True) == ["/f"]
+
+
+def test_a_name_longer_than_name_max_is_enametoolong(nx):
+    for call in (lambda: nx.write_bytes("/" + "n" * 256, b"x"), lambda: nx.mkdir("/d/" + "n" * 256, parents=True),
+                 lambda: nx.stat("/" + "n" * 256)):
+        with pytest.raises(FsError) as ei:
+            call()
+        assert errno_of(ei) == errno.ENAMETOOLONG
+    assert nx.list("/", recursive=True) == []
+    nx.write_bytes("/" + "n" * 255, b"x")  # the longest name there may be
+    assert nx.read_bytes("/" + "n" * 255) == b"x"
+
+
+def test_the_longest_path_there_may_be(nx):
+    longest = "/" + "/".join(["p" * 255] * 15) + "/" + "f" * 254
+    assert len(longest.encode()) == 4095
+    nx.write_bytes(longest, b"deep", parents=True)
+    assert nx.read_bytes(longest) == b"deep"
+    with pytest.raises(FsError) as ei:
+        nx.write_bytes(longest + "x", b"one byte too long")
+    assert errno_of(ei) == errno.ENAMETOOLONG
+    assert not nx.exists(longest[:-1])
+
+
 def test_mkdir_without_parents_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.mkdir("/a/b")

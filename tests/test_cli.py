@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
 import sys
+import time
 from importlib.metadata import EntryPoint
 
 import click
@@ -891,6 +893,58 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path, args):
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == -signal.SIGPIPE
     assert err == b""
+
+
+def _store_with_many_lines(tmp_path) -> tuple[str, dict[str, str]]:
+    home = str(tmp_path / "store")
+    env = {**os.environ}
+    env.pop("NEXUS_DEBUG", None)
+    subprocess.run([nexus_bin(), "--home", home, "init"], check=True, capture_output=True, env=env, timeout=120)
+    many = b"".join(b"line %d\n" % i for i in range(100_000))  # far more than a pipe holds
+    subprocess.run([nexus_bin(), "--home", home, "write", "/many"], input=many, check=True, env=env, timeout=120)
+    return home, env
+
+
+@pytest.mark.parametrize("args", [["grep", "line"], ["cat", "/many"]])
+def test_head_in_a_shell_pipeline_ends_the_command_as_coreutils_would(tmp_path, args):
+    """`nexus cat /many | head -c1` in a shell: head's byte, nothing on stderr, and the
+    shell sees the status SIGPIPE gives (141), as for `cat`."""
+    home, env = _store_with_many_lines(tmp_path)
+    cmd = " ".join(map(shlex.quote, [nexus_bin(), "--home", home, *args]))
+    res = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -c1; echo \" ${{PIPESTATUS[*]}}\""],
+                         capture_output=True, env=env, timeout=120)
+    assert res.stdout in (b"/ 141 0\n", b"l 141 0\n"), res.stdout
+    assert res.stderr == b""
+
+
+@pytest.mark.parametrize("args", [["grep", "line"], ["cat", "/many"]])
+def test_ctrl_c_ends_a_running_command_in_one_line_with_130(tmp_path, args):
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) while the
+    command is writing: one line on stderr, no traceback, exit status 130."""
+    home, env = _store_with_many_lines(tmp_path)
+    proc = subprocess.Popen([nexus_bin(), "--home", home, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        assert proc.stdout.read(10)  # running: its output has started (and fills the pipe)
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, err) == (130, b"nexus: interrupted\n")
+
+    def group_gone() -> bool:  # grep's worker processes too
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    deadline = time.monotonic() + 60
+    while not group_gone():
+        assert time.monotonic() < deadline, "a process of the interrupted command is still running"
+        time.sleep(0.05)
 
 
 def test_the_mount_process_on_its_own_reports_usage_errors_in_one_line(tmp_path):

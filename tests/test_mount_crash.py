@@ -98,6 +98,9 @@ CRASH_CASES = [
     (int(a), int(b)) for a, _, b in
     (x.partition(":") for x in os.environ.get("NEXUS_CRASH_CASES", "21:30,22:7,23:1").split(","))
 ]
+if not CRASH_CASES or any(after < 1 for _seed, after in CRASH_CASES):
+    raise ValueError(f"NEXUS_CRASH_CASES={os.environ.get('NEXUS_CRASH_CASES')!r}: each case must wait for at "
+                     "least one acknowledged record before the kill, or it checks nothing")
 
 
 @pytest.mark.parametrize(("seed", "after"), CRASH_CASES)

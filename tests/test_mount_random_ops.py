@@ -56,6 +56,9 @@ CASES = [
     for user in ([p for p in parts[2:3] if p] or ["root"])
 ]
 STEPS = int(os.environ.get("NEXUS_RANDOM_STEPS", "1500"))
+if not CASES or STEPS < 1:
+    raise ValueError(f"NEXUS_RANDOM_SEEDS/NEXUS_RANDOM_STEPS leave nothing to run ({len(CASES)} cases, "
+                     f"{STEPS} steps): at least one case of at least one step")
 
 
 class Side:

@@ -284,9 +284,13 @@ def test_scoped_search(sem):
     results = sem.search("what to take on a multi-day mountain trek", f"{ROOT}/science", k=10)
     assert all(h.path.startswith(f"{ROOT}/science/") for h in results)
     assert f"{ROOT}/outdoors/hiking_kit.txt" not in {h.path for h in results}
-    # scoped to a directory with no files
-    sem.mkdir(f"{ROOT}/empty", exist_ok=True)
-    assert list(sem.search("anything at all", f"{ROOT}/empty")) == []
+
+
+def test_search_scoped_to_a_directory_without_files(fresh):
+    # (its own store: the module's `sem` is shared, and no test may change it)
+    fresh.mkdir(f"{ROOT}/empty")
+    assert list(fresh.search("anything at all", f"{ROOT}/empty")) == []
+    assert list(fresh.search("anything at all", ROOT))  # the same query finds something elsewhere
 
 
 def test_k_and_errors(sem):

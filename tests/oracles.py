@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import subprocess
 import sys
 
@@ -41,3 +42,16 @@ def nexus_bin() -> str:
     path = os.path.join(os.path.dirname(sys.executable), "nexus")
     assert os.access(path, os.X_OK), f"no nexus console script beside {sys.executable} (pip install -e .)"
     return path
+
+
+def pattern(n: int, seed: int = 0) -> bytes:
+    """``n`` incompressible bytes, different for each seed and the same for each run."""
+    return random.Random(seed).randbytes(n)
+
+
+def assert_fsck_clean(nx, *, verify_data: bool = True) -> None:
+    """The store's fsck finds nothing at all (reading every block back unless ``verify_data``
+    is False) and would exit 0."""
+    report = nx.fsck(verify_data=verify_data)
+    assert report.problems == [], [str(p) for p in report.problems]
+    assert report.clean and report.exit_code == 0

@@ -270,11 +270,6 @@ def make_docx(paragraphs: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def fsck_clean(nx: nexusfs.Nexus) -> None:
-    report = nx.fsck(verify_data=False)
-    assert report.clean, [str(p) for p in report.problems]
-
-
 # ------------------------------------------------------------------ mirrored trees
 GREP_FLAGS = {"-i": "ignore_case", "-w": "word", "-F": "fixed", "-v": "invert"}
 

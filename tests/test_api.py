@@ -16,22 +16,9 @@ import pytest
 
 import nexusfs
 from nexusfs import ConfigError, FsError, NexusError
-from tests.oracles import gnu_grep
+from tests.oracles import assert_fsck_clean, gnu_grep, pattern
 
 BS = 64 * 1024
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def errno_of(excinfo) -> int:
-    return excinfo.value.errno
-
-
-def assert_fsck_clean(nx) -> None:
-    report = nx.fsck(verify_data=True)
-    assert report.clean, [str(p) for p in report.problems]
 
 
 # ================================================================== connect & config
@@ -240,14 +227,14 @@ def test_write_bytes_with_parents_creates_directories(nx):
 def test_write_bytes_without_parent_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.write_bytes("/missing/file", b"x")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     assert "/missing/file" in str(ei.value)
 
 
 def test_read_bytes_of_missing_file_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.read_bytes("/nope")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     assert isinstance(ei.value, OSError)
 
 
@@ -255,7 +242,7 @@ def test_read_bytes_of_a_directory_is_eisdir(nx):
     nx.mkdir("/d")
     with pytest.raises(FsError) as ei:
         nx.read_bytes("/d")
-    assert errno_of(ei) == errno.EISDIR
+    assert ei.value.errno == errno.EISDIR
 
 
 def test_append_bytes(nx):
@@ -329,7 +316,7 @@ def test_open_r_plus_b_reads_and_writes_without_truncating(nx):
 def test_open_r_plus_b_of_missing_file_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.open("/nope", "r+b")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
 
 
 def test_open_xb_creates_only_new_files(nx):
@@ -337,7 +324,7 @@ def test_open_xb_creates_only_new_files(nx):
         f.write(b"exclusive")
     with pytest.raises(FsError) as ei:
         nx.open("/f", "xb")
-    assert errno_of(ei) == errno.EEXIST
+    assert ei.value.errno == errno.EEXIST
     assert nx.read_bytes("/f") == b"exclusive"
 
 
@@ -371,7 +358,7 @@ def test_open_of_a_directory_is_eisdir(nx):
     for mode in ("rb", "wb", "ab"):
         with pytest.raises(FsError) as ei:
             nx.open("/d", mode)
-        assert errno_of(ei) == errno.EISDIR
+        assert ei.value.errno == errno.EISDIR
 
 
 def test_open_unbuffered_returns_the_raw_file(nx):
@@ -473,7 +460,7 @@ def test_mkdir_and_exist_ok(nx):
     assert nx.is_dir("/d")
     with pytest.raises(FsError) as ei:
         nx.mkdir("/d")
-    assert errno_of(ei) == errno.EEXIST
+    assert ei.value.errno == errno.EEXIST
     nx.mkdir("/d", exist_ok=True)
 
 
@@ -481,10 +468,10 @@ def test_mkdir_exist_ok_still_fails_on_a_file(nx):
     nx.write_bytes("/f", b"x")
     with pytest.raises(FsError) as ei:
         nx.mkdir("/f", exist_ok=True)
-    assert errno_of(ei) == errno.EEXIST
+    assert ei.value.errno == errno.EEXIST
     with pytest.raises(FsError) as ei:
         nx.mkdir("/f/sub", parents=True)
-    assert errno_of(ei) == errno.ENOTDIR
+    assert ei.value.errno == errno.ENOTDIR
     assert nx.is_file("/f")
 
 
@@ -506,7 +493,7 @@ def test_a_path_longer_than_path_max_is_enametoolong(nx, op):
     }
     with pytest.raises(FsError) as ei:
         calls[op]()
-    assert errno_of(ei) == errno.ENAMETOOLONG
+    assert ei.value.errno == errno.ENAMETOOLONG
     assert nx.list("/", recursive=True) == ["/f"]
 
 
@@ -515,7 +502,7 @@ def test_a_name_longer_than_name_max_is_enametoolong(nx):
                  lambda: nx.stat("/" + "n" * 256)):
         with pytest.raises(FsError) as ei:
             call()
-        assert errno_of(ei) == errno.ENAMETOOLONG
+        assert ei.value.errno == errno.ENAMETOOLONG
     assert nx.list("/", recursive=True) == []
     nx.write_bytes("/" + "n" * 255, b"x")  # the longest name there may be
     assert nx.read_bytes("/" + "n" * 255) == b"x"
@@ -528,14 +515,14 @@ def test_the_longest_path_there_may_be(nx):
     assert nx.read_bytes(longest) == b"deep"
     with pytest.raises(FsError) as ei:
         nx.write_bytes(longest + "x", b"one byte too long")
-    assert errno_of(ei) == errno.ENAMETOOLONG
+    assert ei.value.errno == errno.ENAMETOOLONG
     assert not nx.exists(longest[:-1])
 
 
 def test_mkdir_without_parents_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.mkdir("/a/b")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     assert not nx.exists("/a")
 
 
@@ -554,7 +541,7 @@ def test_mkdir_mode_applies_the_umask(nx):
 def test_mkdir_of_root(nx):
     with pytest.raises(FsError) as ei:
         nx.mkdir("/")
-    assert errno_of(ei) == errno.EEXIST
+    assert ei.value.errno == errno.EEXIST
     nx.mkdir("/", exist_ok=True)
 
 
@@ -562,14 +549,14 @@ def test_rmdir(nx):
     nx.mkdir("/d/sub", parents=True)
     with pytest.raises(FsError) as ei:
         nx.rmdir("/d")
-    assert errno_of(ei) == errno.ENOTEMPTY
+    assert ei.value.errno == errno.ENOTEMPTY
     nx.rmdir("/d/sub")
     nx.rmdir("/d")
     assert not nx.exists("/d")
     nx.write_bytes("/f", b"x")
     with pytest.raises(FsError) as ei:
         nx.rmdir("/f")
-    assert errno_of(ei) == errno.ENOTDIR
+    assert ei.value.errno == errno.ENOTDIR
 
 
 def test_delete_of_a_file_and_missing_ok(nx):
@@ -578,7 +565,7 @@ def test_delete_of_a_file_and_missing_ok(nx):
     assert not nx.exists("/f")
     with pytest.raises(FsError) as ei:
         nx.delete("/f")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     nx.delete("/f", missing_ok=True)
 
 
@@ -586,7 +573,7 @@ def test_delete_of_a_directory_needs_recursive(nx):
     nx.write_bytes("/d/f", b"x", parents=True)
     with pytest.raises(FsError) as ei:
         nx.delete("/d")
-    assert errno_of(ei) == errno.EISDIR
+    assert ei.value.errno == errno.EISDIR
     assert nx.exists("/d/f")
 
 
@@ -642,10 +629,10 @@ def test_list_of_a_file_is_enotdir_and_of_missing_is_enoent(nx):
     nx.write_bytes("/f", b"")
     with pytest.raises(FsError) as ei:
         nx.list("/f")
-    assert errno_of(ei) == errno.ENOTDIR
+    assert ei.value.errno == errno.ENOTDIR
     with pytest.raises(FsError) as ei:
         nx.list("/missing")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
 
 
 def test_list_of_a_large_directory_returns_every_entry(nx):
@@ -684,7 +671,7 @@ def test_stat_of_a_symlink_with_and_without_following(nx):
 def test_stat_of_missing_path_names_it(nx):
     with pytest.raises(FsError) as ei:
         nx.stat("/no/such/path")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     assert "/no/such/path" in str(ei.value)
 
 
@@ -692,7 +679,7 @@ def test_stat_through_a_file_is_enotdir(nx):
     nx.write_bytes("/f", b"x")
     with pytest.raises(FsError) as ei:
         nx.stat("/f/child")
-    assert errno_of(ei) == errno.ENOTDIR
+    assert ei.value.errno == errno.ENOTDIR
 
 
 def test_chmod_chown_utime(nx):
@@ -742,7 +729,7 @@ def test_rename_without_overwrite_refuses_an_existing_target(nx):
     nx.write_bytes("/b", b"B")
     with pytest.raises(FsError) as ei:
         nx.rename("/a", "/b", overwrite=False)
-    assert errno_of(ei) == errno.EEXIST
+    assert ei.value.errno == errno.EEXIST
     assert "/a" in str(ei.value) and "/b" in str(ei.value)
     assert nx.read_bytes("/a") == b"A" and nx.read_bytes("/b") == b"B"
     nx.rename("/a", "/c", overwrite=False)
@@ -761,13 +748,13 @@ def test_rename_a_directory_into_itself_is_einval(nx):
     nx.mkdir("/a/b", parents=True)
     with pytest.raises(FsError) as ei:
         nx.rename("/a", "/a/b/c")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_rename_of_missing_source_is_enoent(nx):
     with pytest.raises(FsError) as ei:
         nx.rename("/nope", "/x")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
 
 
 # ================================================================== copy
@@ -864,14 +851,14 @@ def test_copy_of_a_tree_into_itself_is_einval(nx):
     nx.mkdir("/src/sub", parents=True)
     with pytest.raises(FsError) as ei:
         nx.copy("/src", "/src/sub/again")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_copy_of_a_file_onto_itself_is_einval(nx):
     nx.write_bytes("/f", b"keep")
     with pytest.raises(FsError) as ei:
         nx.copy("/f", "/f")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
     assert nx.read_bytes("/f") == b"keep"
 
 
@@ -916,7 +903,7 @@ def test_symlink_loop_is_eloop(nx):
     for p in ("/a", "/self", "/a/child"):
         with pytest.raises(FsError) as ei:
             nx.read_bytes(p)
-        assert errno_of(ei) == errno.ELOOP, p
+        assert ei.value.errno == errno.ELOOP, p
     assert not nx.exists("/a")
 
 
@@ -924,14 +911,14 @@ def test_dangling_symlink_read_is_enoent(nx):
     nx.symlink("/nowhere", "/dangling")
     with pytest.raises(FsError) as ei:
         nx.read_bytes("/dangling")
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
 
 
 def test_readlink_of_a_non_symlink_is_einval(nx):
     nx.write_bytes("/f", b"x")
     with pytest.raises(FsError) as ei:
         nx.readlink("/f")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_hard_link_through_the_api(nx):
@@ -1032,7 +1019,7 @@ def test_glob_of_missing_root_or_file_root_is_empty(nx, glob_tree):
 def test_glob_empty_pattern_is_einval(nx):
     with pytest.raises(FsError) as ei:
         nx.glob("")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
 
 
 # ================================================================== grep
@@ -1185,7 +1172,7 @@ def test_grep_invert_and_max_count(nx, grep_tree):
 def test_grep_invalid_regex_is_einval(nx):
     with pytest.raises(FsError) as ei:
         nx.grep("(unclosed")
-    assert errno_of(ei) == errno.EINVAL
+    assert ei.value.errno == errno.EINVAL
 
 
 def test_grep_sees_the_latest_content(nx):
@@ -1221,7 +1208,7 @@ def test_write_many_is_all_or_nothing(nx):
     }
     with pytest.raises(FsError) as ei:
         nx.write_many(files)
-    assert errno_of(ei) == errno.ENOTDIR
+    assert ei.value.errno == errno.ENOTDIR
     assert not nx.exists("/ok")
     assert nx.list("/", recursive=True) == ["/plainfile"]
     assert nx.read_bytes("/plainfile") == b"a file, not a directory"
@@ -1236,7 +1223,7 @@ def test_write_many_onto_a_directory_is_all_or_nothing(nx):
     nx.mkdir("/dir")
     with pytest.raises(FsError) as ei:
         nx.write_many({"/a": b"x", "/dir": b"y"})
-    assert errno_of(ei) == errno.EISDIR
+    assert ei.value.errno == errno.EISDIR
     assert not nx.exists("/a")
 
 
@@ -1246,7 +1233,7 @@ def test_read_many(nx):
     assert nx.read_many(["/a", "b"]) == {"/a": b"A", "/b": pattern(BS * 2)}
     with pytest.raises(FsError) as ei:
         nx.read_many(["/a", "/missing"])
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
 
 
 def test_delete_many_is_all_or_nothing(nx):
@@ -1254,7 +1241,7 @@ def test_delete_many_is_all_or_nothing(nx):
         nx.write_bytes(p, p.encode())
     with pytest.raises(FsError) as ei:
         nx.delete_many(["/a", "/b", "/missing", "/c"])
-    assert errno_of(ei) == errno.ENOENT
+    assert ei.value.errno == errno.ENOENT
     assert nx.list("/") == ["/a", "/b", "/c"]
     assert nx.read_bytes("/a") == b"/a"
     nx.delete_many(["/a", "/b", "/missing"], missing_ok=True)

@@ -17,12 +17,9 @@ import pytest
 import nexusfs
 from nexusfs.blocks import digest
 from nexusfs.meta.schema import CODEC_NONE
+from tests.oracles import assert_fsck_clean, pattern
 
 BS = 64 * 1024
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def fsck(nx, repair: bool = False, verify_data: bool = True):
@@ -31,12 +28,6 @@ def fsck(nx, repair: bool = False, verify_data: bool = True):
 
 def checks(report) -> set[str]:
     return {p.check for p in report.problems}
-
-
-def assert_clean(nx) -> None:
-    report = fsck(nx)
-    assert report.clean, [str(p) for p in report.problems]
-    assert report.exit_code == 0
 
 
 def detect_and_repair(nx, check: str, *, verify_data: bool = True):
@@ -52,7 +43,7 @@ def detect_and_repair(nx, check: str, *, verify_data: bool = True):
     assert checks(fixed) == {check}
     assert all(p.repaired for p in fixed.problems), [str(p) for p in fixed.problems]
     assert fixed.exit_code == 1
-    assert_clean(nx)
+    assert_fsck_clean(nx)
     return found
 
 
@@ -113,16 +104,16 @@ def test_busy_store_is_clean(nx):
     assert report.checked["blocks"] > 10
     assert held.read() == pattern(2 * BS, 9)
     held.close()
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_busy_store_is_clean_after_gc_and_reopen(nx, store_dir):
     build_busy_store(nx).close()
     nx.gc(grace=0)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
     nx.close()
     with nexusfs.connect(store_dir) as again:
-        assert_clean(again)
+        assert_fsck_clean(again)
         assert again.read_bytes("/hardlink") == pattern(3 * BS, 1)
 
 
@@ -199,7 +190,7 @@ def test_damaged_blob_with_an_intact_twin_is_repaired_by_the_twin(nx):
     found = fsck(nx, verify_data=False)
     assert checks(found) == {"blobs"}
     fsck(nx, repair=True)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
     with nexusfs.connect(nx.config.home) as other:
         assert other.read_bytes("/f") == pattern(BS, 5)
 
@@ -260,7 +251,7 @@ def test_dentry_inside_a_file_is_detected(nx):
     found = fsck(nx)
     assert "names" in checks(found)
     fsck(nx, repair=True)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
     assert nx.read_bytes("/g") == b"y"
 
 
@@ -330,7 +321,7 @@ def test_detached_directory_is_reattached(nx):
     for _ in range(3):
         if fsck(nx, repair=True).clean:
             break
-    assert_clean(nx)
+    assert_fsck_clean(nx)
     found_paths = nx.glob("**/file")
     assert len(found_paths) == 1 and found_paths[0].startswith("/lost+found/")
 
@@ -363,7 +354,7 @@ def test_inline_and_blocks_together_is_repaired(nx):
     found = fsck(nx)
     assert "inline" in checks(found)
     fsck(nx, repair=True)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 # ------------------------------------------------------------------ orphan blobs
@@ -437,7 +428,7 @@ def test_a_put_whose_temp_file_gc_took_takes_another(nx, monkeypatch):
     monkeypatch.undo()
     assert nx.read_bytes("/raced") == pattern(2 * BS, 17)
     assert nx.store.blob_temp_files() == []
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_several_problems_are_reported_by_their_own_checks(nx):
@@ -452,7 +443,7 @@ def test_several_problems_are_reported_by_their_own_checks(nx):
     assert checks(report) == {"blobs", "link-counts", "names", "orphan-blobs"}
     assert all(str(p).startswith(f"[{p.check}]") for p in report.problems)
     fsck(nx, repair=True)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 # ------------------------------------------------------------------ gc
@@ -467,7 +458,7 @@ def test_gc_keeps_young_garbage_and_deletes_it_with_grace_zero(nx):
     assert report.objects_deleted == 3
     assert report.bytes_freed == 3 * BS
     assert list(nx.store.blobs.list()) == []
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_gc_uses_the_configured_grace_by_default(tmp_path):
@@ -499,7 +490,7 @@ def test_gc_never_deletes_referenced_objects(nx):
     nx.gc(grace=0)
     with nexusfs.connect(nx.config.home) as other:
         assert other.read_bytes("/keep") == pattern(2 * BS, 21)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_gc_removes_orphan_blobs_only_after_grace(nx):
@@ -526,7 +517,7 @@ def test_gc_keeps_uploads_of_a_file_not_yet_committed(nx):
         f.close()
     with nexusfs.connect(nx.config.home) as other:
         assert other.read_bytes("/f") == pattern(3 * BS, 23)
-    assert_clean(nx)
+    assert_fsck_clean(nx)
 
 
 @pytest.mark.parametrize("verify", [True, False])

@@ -21,11 +21,11 @@ from click.testing import CliRunner
 from nexusfs.cli import cli
 from nexusfs.search.grep import GrepOptions, translate_gnu
 from nexusfs.search.literals import fts5_expression, required_query
+from tests.oracles import assert_fsck_clean
 from tests.search_helpers import (
     Mirror,
     api_grep,
     describe_diff,
-    fsck_clean,
     gnu_grep,
     load_tree,
     local_files,
@@ -285,7 +285,7 @@ def test_query_right_after_writes_is_exact(unindexed):
     m.write_one("c.md", b"a freshly streamed file\n")
     assert [r[0] for r in m.check("fresh")] == ["c.md", "sub/b.txt"]
     m.check("[a-z]+ly")
-    fsck_clean(m.nx)
+    assert_fsck_clean(m.nx)
 
 
 def test_overwrite_delete_rename(mirror):
@@ -318,7 +318,7 @@ def test_overwrite_delete_rename(mirror):
     m.nx.wait_for_index(30)
     m.check("^import ")
     m.check("appended")
-    fsck_clean(m.nx)
+    assert_fsck_clean(m.nx)
 
 
 def test_dedup_and_hard_links(mirror):
@@ -340,7 +340,7 @@ def test_dedup_and_hard_links(mirror):
     assert [r[0] for r in m.check("different now")] == ["x/one.txt", "z/hard.txt"]
     m.delete("x/one.txt")
     assert [r[0] for r in m.check("different now")] == ["z/hard.txt"]
-    fsck_clean(m.nx)
+    assert_fsck_clean(m.nx)
 
 
 def test_binary_and_latin1_files(unindexed):

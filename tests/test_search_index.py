@@ -18,7 +18,8 @@ from nexusfs.search import indexer as indexer_mod
 from nexusfs.search.grep import GrepOptions
 from nexusfs.search.indexer import Indexer
 from nexusfs.search.literals import fts5_expression, required_query
-from tests.search_helpers import STORE_SETTINGS, fsck_clean, open_store
+from tests.oracles import assert_fsck_clean
+from tests.search_helpers import STORE_SETTINGS, open_store
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_writes_are_queued_then_indexed(ix):
     # now answered from the index: only the files holding the trigrams are candidates
     assert candidates(nx, "alpha content") == [("/d/a.txt", files_row(nx, "/d/a.txt")[0])]
     assert grep_paths(nx, "content") == ["/d/a.txt", "/d/b.txt"]
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_overwrite_replaces_old_content(ix):
@@ -98,7 +99,7 @@ def test_overwrite_replaces_old_content(ix):
     nx.reindex()
     assert grep_paths(nx, "the NEW wording") == ["/f.txt"]
     assert grep_paths(nx, "the new wording") == []
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_truncate_and_append(ix):
@@ -123,7 +124,7 @@ def test_truncate_and_append(ix):
     assert grep_paths(nx, "appended") == []
     nx.reindex()
     assert nx.index_status().by_kind == {"binary": 1}
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_rename_needs_no_reindexing(ix):
@@ -147,7 +148,7 @@ def test_rename_needs_no_reindexing(ix):
     nx.reindex()
     st = nx.index_status()
     assert (st.pending, st.files, st.docs) == (0, 1, 1)
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_delete_is_immediate(ix):
@@ -172,7 +173,7 @@ def test_delete_is_immediate(ix):
     st = nx.index_status()
     assert (st.pending, st.files, st.docs) == (0, 0, 0)
     assert index_hits(nx, "number 3") == set()
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_delete_while_open(ix):
@@ -187,7 +188,7 @@ def test_delete_while_open(ix):
     finally:
         f.close()
     assert grep_paths(nx, "still open") == []
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_hard_links_and_copies_share_docs(ix):
@@ -221,7 +222,7 @@ def test_hard_links_and_copies_share_docs(ix):
     nx.reindex()
     assert grep_paths(nx, "changed") == ["/h/link.txt", "/h/orig.txt"]
     assert nx.index_status().docs == 3
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_rebuild_reproduces_results(ix):
@@ -245,7 +246,7 @@ def test_rebuild_reproduces_results(ix):
     assert nx.index_status().pending == 42 and nx.index_status().files == 0
     assert {p: nx.grep(p, "/") for p in patterns} == before
     nx.reindex()
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_status_fields(ix, monkeypatch):
@@ -336,7 +337,7 @@ def test_failing_job_is_retried_and_reported(ix, analyse_fails):
     st = nx.index_status()
     assert (st.pending, st.failing) == (0, 0)
     assert grep_paths(nx, "healed") == ["/e/good.txt"]
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_change_during_indexing(ix, monkeypatch):
@@ -363,7 +364,7 @@ def test_change_during_indexing(ix, monkeypatch):
     assert row[1] == nx.meta.db.query_value("SELECT data_version FROM inodes WHERE id = ?",
                                             (nx.stat("/race.txt").ino,))
     assert candidates(nx, "version two") == [("/race.txt", row[0])]
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_index_survives_reopening(store_dir):
@@ -384,7 +385,7 @@ def test_index_survives_reopening(store_dir):
                                                         ("/keep/queued.txt", None)]
         nx.reindex()
         assert nx.index_status().pending == 0
-        fsck_clean(nx)
+        assert_fsck_clean(nx)
     finally:
         nx.close()
 
@@ -412,7 +413,7 @@ def test_background_indexer(store_dir):
         assert nx.wait_for_index(30)
         assert grep_paths(nx, "background") == []
         assert len(nx.grep("rewritten", "/")) == 25
-        fsck_clean(nx)
+        assert_fsck_clean(nx)
     finally:
         nx.close()
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 
 import nexusfs
+from tests.oracles import assert_fsck_clean
 from tests.search_helpers import (
     STORE_SETTINGS,
-    fsck_clean,
     indexed_semantic_store,
     make_docx,
     make_pdf,
@@ -349,7 +349,7 @@ def test_deleted_and_overwritten_files_never_appear(fresh):
     nx.reindex()
     results = nx.search("how do I keep a naturally leavened loaf rising", ROOT, k=20)
     assert f"{ROOT}/kitchen/sourdough.md" not in {h.path for h in results}
-    fsck_clean(nx)
+    assert_fsck_clean(nx)
 
 
 def test_copies_and_links_report_every_path(fresh):

@@ -20,6 +20,7 @@ from nexusfs.transfer import (
     import_records,
     import_stream,
 )
+from tests.oracles import assert_fsck_clean
 
 BS = 64 * 1024
 SMALL = dict(block_size=BS, inline_max=1024, cache_size=1 << 20, dirty_limit=1 << 20)
@@ -102,12 +103,6 @@ def records(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
-def assert_clean(nx: nexusfs.Nexus) -> None:
-    report = nx.fsck()
-    assert report.problems == []
-    assert report.exit_code == 0
-
-
 @pytest.fixture
 def source(nx):
     populate(nx)
@@ -145,8 +140,8 @@ def test_round_trip_without_data_over_shared_blobs(source, other, store_dir):
     src_map = source.meta.block_map(source.stat("/docs/big.bin").ino)
     dst_map = target.meta.block_map(target.stat("/docs/big.bin").ino)
     assert {i: r.key for i, r in src_map.items()} == {i: r.key for i, r in dst_map.items()}
-    assert_clean(target)
-    assert_clean(source)
+    assert_fsck_clean(target)
+    assert_fsck_clean(source)
 
 
 def test_round_trip_with_data_into_a_store_sharing_nothing(source, other):
@@ -161,7 +156,7 @@ def test_round_trip_with_data_into_a_store_sharing_nothing(source, other):
     big = target.meta.block_map(target.stat("/docs/big.bin").ino)
     assert big[0].id == big[2].id
     assert 3 not in big  # the zero block is a hole
-    assert_clean(target)
+    assert_fsck_clean(target)
 
 
 def test_round_trip_between_different_block_sizes(source, other):
@@ -173,7 +168,7 @@ def test_round_trip_between_different_block_sizes(source, other):
     assert target.meta.block_size == 4 * BS
     # the sparse file stays sparse: only the block holding its tail is stored
     assert target.stat("/docs/sparse").blocks * 512 <= 4 * BS
-    assert_clean(target)
+    assert_fsck_clean(target)
 
 
 def test_import_under_a_directory_and_export_of_a_subtree(source, other):
@@ -189,7 +184,7 @@ def test_import_under_a_directory_and_export_of_a_subtree(source, other):
     assert got["/big.bin"][5] == 1 and want["/big.bin"][5] == 3
     drop_nlink = lambda snap: {k: v[:5] + v[6:] for k, v in snap.items()}  # noqa: E731
     assert drop_nlink(got) == drop_nlink(want)
-    assert_clean(target)
+    assert_fsck_clean(target)
 
 
 def test_export_of_a_single_file(source, other):
@@ -200,7 +195,7 @@ def test_export_of_a_single_file(source, other):
     import_stream(target, io.BytesIO(data), "/x", same_owner=True)
     assert target.read_bytes("/x/big.bin") == source.read_bytes("/docs/big.bin")
     assert target.stat("/x/big.bin").mtime_ns == source.stat("/docs/big.bin").mtime_ns
-    assert_clean(target)
+    assert_fsck_clean(target)
 
 
 def test_import_into_the_same_store_shares_blocks(source):
@@ -210,7 +205,7 @@ def test_import_into_the_same_store_shares_blocks(source):
     a = source.meta.block_map(source.stat("/docs/big.bin").ino)
     b = source.meta.block_map(source.stat("/copy/big.bin").ino)
     assert {i: r.id for i, r in a.items()} == {i: r.id for i, r in b.items()}
-    assert_clean(source)
+    assert_fsck_clean(source)
 
 
 def test_import_without_same_owner_takes_the_importer(source, other):
@@ -408,7 +403,7 @@ def test_a_failed_import_changes_nothing(source, other, monkeypatch, under, how)
     with pytest.raises(ValueError, match="incomplete" if how == "truncated" else "not a JSON record"):
         import_stream(target, io.BytesIO(stream), under)
     assert tree_state(target) == before
-    assert_clean(target)
+    assert_fsck_clean(target)
     # and the same stream, whole, imports as usual afterwards
     import_stream(target, io.BytesIO(export_bytes(source, with_data=True)), under + "/again")
     assert target.read_bytes(under.rstrip("/") + "/again/docs/small.txt") == b"hello inline\n"
@@ -430,4 +425,4 @@ def test_a_failed_migration_forgets_the_objects_it_registered(source, other, sto
         import_stream(target, io.BytesIO(stream))
     assert target.listdir("/") == []
     assert target.info().objects == 0  # the source's blobs are not the target's garbage
-    assert_clean(source)
+    assert_fsck_clean(source)

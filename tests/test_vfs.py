@@ -14,6 +14,7 @@ import pytest
 import nexusfs
 from nexusfs.errors import FsError
 from nexusfs.types import ROOT_INODE
+from tests.oracles import assert_fsck_clean, pattern
 
 BS = 64 * 1024
 INLINE_MAX = 1024
@@ -36,11 +37,6 @@ def live_objects(store) -> set[int]:
 
 def objects_of(store, ino: int) -> set[int]:
     return {ref.id for ref in store.meta.block_map(ino).values()}
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    """Incompressible bytes, different for each seed."""
-    return random.Random(seed).randbytes(n)
 
 
 class H:
@@ -68,11 +64,6 @@ class H:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def assert_fsck_clean(nx) -> None:
-    report = nx.fsck(verify_data=True)
-    assert report.clean, [str(p) for p in report.problems]
 
 
 # ------------------------------------------------------------------ basic I/O

@@ -209,9 +209,19 @@ def describe_diff(ours: list[Row], theirs: list[Row], limit: int = 8) -> str:
 
 # ------------------------------------------------------------------ glob
 def py_glob(local: str, pattern: str) -> list[str]:
-    """Python's ``glob.glob(pattern, root_dir=local, recursive=True)``, sorted, no trailing '/'."""
-    found = pyglob.glob(pattern, root_dir=local, recursive=True)
-    return sorted({p.rstrip("/") for p in found if p.rstrip("/") not in ("", ".")})
+    """Python's ``glob.glob(pattern, root_dir=local, recursive=True)``, sorted, without a
+    trailing '/', the directory itself ('' or '.'), or what Python 3.11 wrongly reports:
+    'missing/' for 'missing/**', 'file/' for a pattern ending in '/'."""
+    out = set()
+    for p in pyglob.glob(pattern, root_dir=local, recursive=True):
+        full = os.path.join(local, p)
+        if not os.path.lexists(full.rstrip("/")):
+            continue
+        if p.endswith("/") and not os.path.isdir(full):
+            continue
+        if p.rstrip("/") not in ("", "."):
+            out.add(p.rstrip("/"))
+    return sorted(out)
 
 
 def rel_paths(found: Iterable[str], root: str) -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 import nexusfs
 from nexusfs.meta.db import SQLiteDatabase
 from nexusfs.search import indexer as indexer_mod
+from tests.mountutil import wait_until
 from tests.search_helpers import STORE_SETTINGS
 
 
@@ -27,15 +28,6 @@ class Clock:
 
     def __call__(self) -> float:
         return time.monotonic() if self.busy else 0.0
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture
@@ -63,7 +55,7 @@ def test_waits_while_the_store_is_busy(store, monkeypatch):
         assert store.index_status().pending == 1
         assert ix.indexed == 0
         clock.busy = False
-        assert wait_until(lambda: store.index_status().pending == 0)
+        assert wait_until(lambda: store.index_status().pending == 0, timeout=30)
         assert [m.path for m in store.grep("needle")] == ["/a.txt"]
     finally:
         ix.stop()
@@ -75,7 +67,7 @@ def test_indexes_anyway_under_work_that_never_pauses(store, monkeypatch):
     ix = start_indexer(store, clock)
     try:
         store.write_many({f"/d/f{i}.txt": f"file {i}\n".encode() for i in range(5)})
-        assert wait_until(lambda: store.index_status().pending == 0)
+        assert wait_until(lambda: store.index_status().pending == 0, timeout=30)
         assert ix.indexed == 5
     finally:
         ix.stop()
@@ -105,7 +97,7 @@ def test_stopping_gives_back_the_claims_it_did_not_work_through(store, monkeypat
     assert claimed_jobs(store) == 5  # one batch holds them all
     stopper = threading.Thread(target=ix.stop)
     stopper.start()
-    assert wait_until(ix._stop.is_set)
+    assert wait_until(ix._stop.is_set, timeout=30)
     go_on.set()
     stopper.join(60)
     assert store.index_status().pending == 4  # the one under way was finished

@@ -60,7 +60,8 @@ def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> It
 
 
 class NexusCli:
-    """Runs ``nexus --home HOME ...`` in this process and checks its exit status."""
+    """Runs ``nexus --home HOME ...`` in this process and checks its exit status, and that
+    it printed no traceback (the tests' one way of running the CLI in process)."""
 
     def __init__(self, home: str) -> None:
         from click.testing import CliRunner
@@ -68,16 +69,28 @@ class NexusCli:
         self.home = home
         self.runner = CliRunner()
 
-    def __call__(self, *args: str, code: int | None = 0, input: bytes | None = None):
-        """The click Result; ``code`` None accepts any exit status (a traceback never)."""
+    def __call__(self, *args: str, code: int | None = 0, input: bytes | str | None = None, home: bool = True,
+                 env: dict[str, str] | None = None):
+        """The click Result; ``code`` None accepts any exit status (a traceback never);
+        ``home`` False leaves ``--home`` out."""
         from nexusfs.cli import cli
 
-        result = self.runner.invoke(cli, ["--home", self.home, *args], input=input)
+        argv = (["--home", self.home] if home else []) + list(args)
+        result = self.runner.invoke(cli, argv, input=input, env=env)
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
+        assert "Traceback (most recent call last)" not in result.stderr, result.stderr
         if code is not None:
-            assert result.exit_code == code, (args, result.exit_code, result.output)
+            assert result.exit_code == code, (argv, result.exit_code, result.output)
         return result
+
+    def error(self, *args: str, code: int = 1, **kw) -> str:
+        """Run a command that must fail with exactly one ``nexus: error:`` line; return it."""
+        result = self(*args, code=code, **kw)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("nexus: error: "), lines[0]
+        return lines[0]
 
 
 def stdlib_root() -> str:

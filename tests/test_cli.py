@@ -21,34 +21,9 @@ import nexusfs
 from nexusfs import cli as cli_mod
 from nexusfs.cli import cli
 from tests.oracles import nexus_bin
+from tests.search_helpers import NexusCli
 
 BS = 64 * 1024
-
-
-class Nexus:
-    """Runs ``nexus --home HOME ...`` in process and checks the exit status."""
-
-    def __init__(self, home: str) -> None:
-        self.home = home
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: bytes | str | None = None, code: int = 0, home: bool = True,
-                 env: dict[str, str] | None = None):
-        argv = (["--home", self.home] if home else []) + list(args)
-        result = self.runner.invoke(cli, argv, input=input, env=env)
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        assert result.exit_code == code, (argv, result.exit_code, result.output)
-        return result
-
-    def error(self, *args: str, code: int = 1, **kw) -> str:
-        """Run a command that must fail with exactly one ``nexus: error:`` line; return it."""
-        result = self(*args, code=code, **kw)
-        lines = result.stderr.splitlines()
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("nexus: error: "), lines[0]
-        assert "Traceback" not in result.output
-        return lines[0]
 
 
 @pytest.fixture
@@ -57,8 +32,8 @@ def home(tmp_path) -> str:
 
 
 @pytest.fixture
-def nexus(home) -> Nexus:
-    run = Nexus(home)
+def nexus(home) -> NexusCli:
+    run = NexusCli(home)
     run("init", "--block-size", "64KiB", "--inline-max", "1KiB")
     return run
 
@@ -76,7 +51,7 @@ def connect(home: str) -> nexusfs.Nexus:
 
 # ------------------------------------------------------------------ help/init
 def test_help_lists_every_command(home):
-    run = Nexus(home)
+    run = NexusCli(home)
     out = run("--help").stdout
     for name in ("init", "info", "ls", "cat", "put", "get", "write", "rm", "mkdir", "mv", "cp", "stat",
                  "glob", "grep", "fsck", "gc", "export", "import"):
@@ -87,7 +62,7 @@ def test_help_lists_every_command(home):
 
 
 def test_init_creates_once(home):
-    run = Nexus(home)
+    run = NexusCli(home)
     out = run("init", "--block-size", "128KiB", "--inline-max", "2KiB", "--compression", "none").stdout
     assert f"created a nexusfs store in {home}" in out
     assert "block size 128.0 KiB" in out
@@ -101,7 +76,7 @@ def test_init_creates_once(home):
 
 
 def test_init_with_other_options_on_an_existing_store_says_which_differ(home):
-    run = Nexus(home)
+    run = NexusCli(home)
     run("init", "--block-size", "128KiB", "--compression", "none")
     line = run.error("init", "--block-size", "1MiB", "--compression", "zstd", "--inline-max", "8KiB")
     assert line == (f"nexus: error: a store already exists in {home} with other settings: "
@@ -113,16 +88,16 @@ def test_init_with_other_options_on_an_existing_store_says_which_differ(home):
 
 def test_init_uses_nexus_home_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXUS_HOME", str(tmp_path / "from-env"))
-    run = Nexus("unused")
+    run = NexusCli("unused")
     assert str(tmp_path / "from-env") in run("init", home=False).stdout
     assert os.path.exists(tmp_path / "from-env" / "meta.db")
     run("ls", home=False)
 
 
 def test_init_rejects_bad_settings(home):
-    line = Nexus(home).error("init", "--block-size", "3000")
+    line = NexusCli(home).error("init", "--block-size", "3000")
     assert "block_size must be a power of two" in line
-    assert "twelve" in Nexus(home).error("init", "--block-size", "twelve")
+    assert "twelve" in NexusCli(home).error("init", "--block-size", "twelve")
 
 
 MISSING = ("no nexusfs store at {} (commands that write to a store create it: "
@@ -135,14 +110,14 @@ MISSING = ("no nexusfs store at {} (commands that write to a store create it: "
     ["index", "--status"],
 ])
 def test_commands_that_only_read_refuse_a_missing_store_and_create_nothing(home, args):
-    line = Nexus(home).error(*args, input=b"")
+    line = NexusCli(home).error(*args, input=b"")
     assert line == "nexus: error: " + MISSING.format(home)
     assert not os.path.exists(home)
 
 
 @pytest.mark.parametrize("args", [["grep", "x"], ["glob", "*"]])
 def test_grep_and_glob_on_missing_store_exit_2(home, args):
-    assert Nexus(home).error(*args, code=2) == "nexus: error: " + MISSING.format(home)
+    assert NexusCli(home).error(*args, code=2) == "nexus: error: " + MISSING.format(home)
     assert not os.path.exists(home)
 
 
@@ -152,20 +127,20 @@ def test_grep_and_glob_on_missing_store_exit_2(home, args):
 ])
 def test_commands_that_write_create_the_store_and_say_so(home, tmp_path, args, stdin):
     if stdin == "export":
-        source = Nexus(str(tmp_path / "source"))
+        source = NexusCli(str(tmp_path / "source"))
         source("mkdir", "/from-source")
         stdin = source("export").stdout_bytes
-    res = Nexus(home)(*args, input=stdin)
+    res = NexusCli(home)(*args, input=stdin)
     assert res.stderr == f"nexus: note: created a new store in {home}\n"
     assert os.path.exists(os.path.join(home, "meta.db"))
-    res = Nexus(home)("write", "/again", input=b"x")
+    res = NexusCli(home)("write", "/again", input=b"x")
     assert res.stderr == ""  # only the first use creates
 
 
 def test_put_into_the_default_store_just_works(tmp_path, monkeypatch):
     monkeypatch.delenv("NEXUS_HOME")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    run = Nexus("unused")
+    run = NexusCli("unused")
     local = tmp_path / "hello.txt"
     local.write_bytes(b"hello\n")
     run("put", str(local), "/hello.txt", home=False)
@@ -178,11 +153,11 @@ def test_nexus_home_naming_a_file_is_one_sentence(tmp_path, monkeypatch, args):
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("x")
     monkeypatch.setenv("NEXUS_HOME", str(a_file))
-    line = Nexus("unused").error(*args, home=False)
+    line = NexusCli("unused").error(*args, home=False)
     assert line == (f"nexus: error: cannot use {a_file} as the store directory (set by NEXUS_HOME): "
                     "it is a file")
     monkeypatch.delenv("NEXUS_HOME")
-    assert Nexus(str(a_file)).error(*args) == (
+    assert NexusCli(str(a_file)).error(*args) == (
         f"nexus: error: cannot use {a_file} as the store directory: it is a file")
     assert a_file.read_text() == "x"
 
@@ -620,7 +595,7 @@ def test_export_import_through_the_cli(nexus, home, tmp_path):
     assert nexus("export", "/proj").stdout_bytes.splitlines()[1:-1] == [
         ln for ln in lines[1:-1] if json.loads(ln)["type"] != "object"]
 
-    other = Nexus(str(tmp_path / "other"))
+    other = NexusCli(str(tmp_path / "other"))
     other("init", "--block-size", "128KiB")
     out = other("import", "--under", "/restored", str(dump)).stdout
     assert "imported 6 entries" in out and "1 hard links" in out and "1 symlinks" in out
@@ -634,13 +609,13 @@ def test_export_import_through_the_cli(nexus, home, tmp_path):
     assert "no problems" in other("fsck").stdout
 
     # from stdin, into the root of a third store
-    third = Nexus(str(tmp_path / "third"))
+    third = NexusCli(str(tmp_path / "third"))
     third("init", "--block-size", "64KiB")
     third("import", input=dump.read_bytes())
     assert third("cat", "/docs/readme").stdout_bytes == b"read me\n"
     # an export without data cannot go to a store with other blobs
     plain = nexus("export", "/proj").stdout_bytes
-    fourth = Nexus(str(tmp_path / "fourth"))
+    fourth = NexusCli(str(tmp_path / "fourth"))
     fourth("init", "--block-size", "64KiB")
     assert "missing from the blob store" in fourth.error("import", input=plain)
 
@@ -663,7 +638,7 @@ def test_a_failed_import_leaves_nothing_behind(nexus, tmp_path, failure):
     elif failure == "garbage":
         stream = b"garbage\n"
     else:
-        wide = Nexus(str(tmp_path / "wide"))
+        wide = NexusCli(str(tmp_path / "wide"))
         wide("init", "--block-size", "128KiB")
         wide("write", "/w", input=os.urandom(200_000))
         stream = wide("export").stdout_bytes
@@ -675,11 +650,11 @@ def test_a_failed_import_leaves_nothing_behind(nexus, tmp_path, failure):
 def test_bad_config_yaml(home, tmp_path):
     cfg = tmp_path / "nexus.yaml"
     cfg.write_text("block_size: [unclosed\n")
-    line = Nexus(home).error("--config", str(cfg), "info")
+    line = NexusCli(home).error("--config", str(cfg), "info")
     assert line == f"nexus: error: config file {cfg} is not valid YAML (line 2)"
     cfg.write_text("no_such_setting: 1\n")
-    assert "unknown setting 'no_such_setting'" in Nexus(home).error("--config", str(cfg), "init")
-    assert "does not exist" in Nexus(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
+    assert "unknown setting 'no_such_setting'" in NexusCli(home).error("--config", str(cfg), "init")
+    assert "does not exist" in NexusCli(home).error("--config", str(tmp_path / "absent.yaml"), "ls")
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -694,23 +669,23 @@ def test_bad_config_yaml(home, tmp_path):
 def test_config_errors_name_the_file_and_the_setting(home, tmp_path, content, problem):
     cfg = tmp_path / "nexus.yaml"
     cfg.write_bytes(content)
-    assert Nexus(home).error("--config", str(cfg), "init") == "nexus: error: " + problem.format(cfg=cfg)
+    assert NexusCli(home).error("--config", str(cfg), "init") == "nexus: error: " + problem.format(cfg=cfg)
     assert not os.path.exists(home)
 
 
 def test_init_answers_in_the_units_it_was_given(home):
-    assert Nexus(home).error("init", "--block-size", "3MiB") == \
+    assert NexusCli(home).error("init", "--block-size", "3MiB") == \
         "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 3MiB"
-    assert Nexus(home).error("init", "--block-size", "100000") == \
+    assert NexusCli(home).error("init", "--block-size", "100000") == \
         "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 100000 bytes"
-    assert Nexus(home).error("init", "--block-size", "128MiB") == \
+    assert NexusCli(home).error("init", "--block-size", "128MiB") == \
         "nexus: error: block_size must be a power of two between 64KiB and 64MiB, not 128MiB"
 
 
 def test_config_file_names_the_store(tmp_path):
     cfg = tmp_path / "nexus.yaml"
     cfg.write_text("home: via-config\nblock_size: 256KiB\n")
-    run = Nexus("unused")
+    run = NexusCli("unused")
     assert "block size 256.0 KiB" in run("--config", str(cfg), "init", home=False).stdout
     assert os.path.exists(tmp_path / "via-config" / "meta.db")
 

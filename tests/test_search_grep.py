@@ -16,14 +16,13 @@ import os
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from nexusfs.cli import cli
 from nexusfs.search.grep import GrepOptions, translate_gnu
 from nexusfs.search.literals import fts5_expression, required_query
 from tests.oracles import assert_fsck_clean
 from tests.search_helpers import (
     Mirror,
+    NexusCli,
     api_grep,
     describe_diff,
     gnu_grep,
@@ -237,8 +236,7 @@ CLI_PATTERNS = [
 def test_cli_grep_equals_gnu_grep(corpus, pattern, flags):
     nx, local, home = corpus
     theirs = gnu_grep(local, pattern, flags)
-    result = CliRunner().invoke(cli, ["--home", home, "grep", "-n", *flags, "--", pattern, ROOT])
-    assert result.exit_code == (0 if theirs else 1), (result.exit_code, result.output[-2000:])
+    result = NexusCli(home)("grep", "-n", *flags, "--", pattern, ROOT, code=0 if theirs else 1)
     ours = parse_grep_lines(result.stdout_bytes, ROOT)
     assert ours == theirs, describe_diff(ours, theirs)
 

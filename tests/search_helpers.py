@@ -280,14 +280,24 @@ def make_pdf(*pages: list[str]) -> bytes:
     return bytes(out)
 
 
-def make_docx(paragraphs: list[str]) -> bytes:
+def make_docx(blocks: list[str | list[list[str]]], heading: str | None = None) -> bytes:
+    """A Word document: an optional heading, then each block, a paragraph (a string) or a
+    table (a list of rows of cell texts)."""
     import io
 
     import docx  # python-docx
 
     d = docx.Document()
-    for p in paragraphs:
-        d.add_paragraph(p)
+    if heading is not None:
+        d.add_heading(heading, level=1)
+    for block in blocks:
+        if isinstance(block, str):
+            d.add_paragraph(block)
+            continue
+        table = d.add_table(rows=len(block), cols=len(block[0]))
+        for r, row in enumerate(block):
+            for c, text in enumerate(row):
+                table.cell(r, c).text = text
     buf = io.BytesIO()
     d.save(buf)
     return buf.getvalue()

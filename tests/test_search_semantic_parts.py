@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 import socket
 import threading
@@ -15,26 +14,14 @@ from nexusfs.search import embed as embedmod
 from nexusfs.search.chunk import chunk_text
 from nexusfs.search.embed import Embedder, WordLlamaEmbedder, get_embedder
 from nexusfs.search.extract import extract_text, sniff
-from tests.search_helpers import make_pdf
+from tests.search_helpers import make_docx, make_pdf
 
 # ------------------------------------------------------------------ helpers
 
 
-def make_docx() -> bytes:
-    docx = pytest.importorskip("docx")
-    document = docx.Document()
-    document.add_heading("Quarterly report", level=1)
-    document.add_paragraph("Revenue grew in every region.")
-    document.add_paragraph("")
-    table = document.add_table(rows=2, cols=2)
-    table.cell(0, 0).text = "region"
-    table.cell(0, 1).text = "revenue"
-    table.cell(1, 0).text = "north"
-    table.cell(1, 1).text = "120"
-    document.add_paragraph("Costs were flat.")
-    buf = io.BytesIO()
-    document.save(buf)
-    return buf.getvalue()
+def quarterly_report() -> bytes:
+    return make_docx(["Revenue grew in every region.", "", [["region", "revenue"], ["north", "120"]],
+                      "Costs were flat."], heading="Quarterly report")
 
 
 def lines_of(text: str) -> list[str]:
@@ -134,7 +121,7 @@ def test_text_file_that_starts_like_a_pdf_stays_text():
 
 
 def test_docx_paragraphs_and_table_rows_become_lines():
-    got = extract_text(make_docx(), "report.docx")
+    got = extract_text(quarterly_report(), "report.docx")
     assert got is not None and got.kind == "docx"
     assert got.text.split("\n") == [
         "Quarterly report",
@@ -145,7 +132,7 @@ def test_docx_paragraphs_and_table_rows_become_lines():
         "Costs were flat.",
     ]
     # found by content even under another name
-    assert extract_text(make_docx(), "attachment").kind == "docx"
+    assert extract_text(quarterly_report(), "attachment").kind == "docx"
 
 
 # ------------------------------------------------------------------ chunk

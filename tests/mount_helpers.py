@@ -127,10 +127,11 @@ def errno_as_user(fn: Callable[..., Any], *args: Any, **kw: Any) -> int:
 
 
 # ------------------------------------------------------------ tree snapshots
-def snapshot(root: str, *, mtimes: bool = False, xattrs: bool = False, owners: bool = False) -> dict[str, tuple]:
+def snapshot(root: str, *, mtimes: bool = False, dir_mtimes: bool = False, xattrs: bool = False,
+             owners: bool = False) -> dict[str, tuple]:
     """relative path -> (type, mode, size/target, sha256, nlink[, mtime_ns][, xattrs]) of a whole tree.
 
-    ``mtimes`` adds the mtime of regular files, ``owners`` uid and gid; hard links of each other are
+    ``mtimes`` adds the mtime of regular files, ``dir_mtimes`` that of directories, ``owners`` uid and gid; hard links of each other are
     listed as a group (inode numbers differ between file systems).
     """
     out: dict[str, tuple] = {}
@@ -155,6 +156,8 @@ def snapshot(root: str, *, mtimes: bool = False, xattrs: bool = False, owners: b
         else:
             entry = (oct(fmt), mode, None, None, st.st_nlink)
         if mtimes and stat.S_ISREG(st.st_mode):  # (rsync -H leaves fifo times alone)
+            entry += (st.st_mtime_ns,)
+        if dir_mtimes and stat.S_ISDIR(st.st_mode):
             entry += (st.st_mtime_ns,)
         if owners:
             entry += (st.st_uid, st.st_gid)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 import nexusfs
 from nexusfs import cli as cli_mod
 from nexusfs.cli import cli
+from tests.mount_helpers import diff_snapshots, snapshot
 from tests.oracles import nexus_bin
 from tests.search_helpers import NexusCli
 
@@ -341,23 +342,6 @@ def make_tree(root: str) -> None:
     os.utime(root, ns=(1_600_000_000_000_000_999, 1_500_000_000_000_000_999))
 
 
-def describe_local(root: str) -> dict[str, tuple]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-            else:
-                with open(p, "rb") as f:
-                    out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_nlink, f.read())
-    return out
-
-
 def test_put_and_get_a_tree_round_trip(nexus, home, tmp_path):
     src = str(tmp_path / "src")
     make_tree(src)
@@ -375,7 +359,7 @@ def test_put_and_get_a_tree_round_trip(nexus, home, tmp_path):
         assert stat.S_IMODE(nx.stat("/dest/emptydir").mode) == 0o700
     out = str(tmp_path / "out")
     nexus("get", "/dest", out)
-    assert describe_local(out) == describe_local(src)
+    assert diff_snapshots(snapshot(out, mtimes=True, dir_mtimes=True), snapshot(src, mtimes=True, dir_mtimes=True)) == []
     assert os.stat(out).st_mtime_ns == 1_500_000_000_000_000_999
     # into an existing directory: like cp, the tree goes inside it
     nexus("mkdir", "/into")
@@ -384,7 +368,8 @@ def test_put_and_get_a_tree_round_trip(nexus, home, tmp_path):
         assert nx.read_bytes("/into/src/sub/deeper/secret") == b"private"
     os.makedirs(tmp_path / "existing")
     nexus("get", "/into/src", str(tmp_path / "existing"))
-    assert describe_local(str(tmp_path / "existing" / "src")) == describe_local(src)
+    assert diff_snapshots(snapshot(str(tmp_path / "existing" / "src"), mtimes=True, dir_mtimes=True),
+                          snapshot(src, mtimes=True, dir_mtimes=True)) == []
 
 
 def test_put_and_get_single_files(nexus, tmp_path):

@@ -259,13 +259,18 @@ def write(path: str, data: bytes, mode: int | None = None) -> None:
         os.chmod(path, mode)
 
 
-def test_read_only(mdir):
+def search_entries(mdir: str) -> tuple[str, str, str, str]:
+    """a.txt holding 'findme' in ``mdir``, and the .search entries that find it:
+    (.search, the query directory, the result link, .results)."""
     write(os.path.join(mdir, "a.txt"), b"findme\n")
     s = os.path.join(mdir, ".search")
     qdir = os.path.join(s, "grep", "findme")
     assert sorted(os.listdir(qdir)) == [".results", "a.txt"]
-    link = os.path.join(qdir, "a.txt")
-    res = os.path.join(qdir, ".results")
+    return s, qdir, os.path.join(qdir, "a.txt"), os.path.join(qdir, ".results")
+
+
+def test_read_only(mdir):
+    s, qdir, link, res = search_entries(mdir)
     assert errno_of(os.mkdir, os.path.join(mdir, ".search")) == errno.EEXIST
     assert errno_of(os.mkdir, os.path.join(s, "mine")) == errno.EROFS
     assert errno_of(os.mkdir, os.path.join(qdir, "sub")) == errno.EROFS
@@ -297,12 +302,7 @@ def test_read_only(mdir):
 def test_read_only_attributes_times_owners_and_nodes(mdir):
     """What .search refuses beyond names: extended attributes, times, owners, device nodes
     (EROFS, as for everything that would change it), on each kind of entry."""
-    write(os.path.join(mdir, "a.txt"), b"findme\n")
-    s = os.path.join(mdir, ".search")
-    qdir = os.path.join(s, "grep", "findme")
-    assert sorted(os.listdir(qdir)) == [".results", "a.txt"]
-    link = os.path.join(qdir, "a.txt")
-    res = os.path.join(qdir, ".results")
+    s, qdir, link, res = search_entries(mdir)
     for path in (s, os.path.join(s, "grep"), qdir, res):
         assert errno_of(os.setxattr, path, "user.k", b"v") == errno.EROFS, path
         assert errno_of(os.removexattr, path, "user.k") == errno.EROFS, path
@@ -321,17 +321,14 @@ def test_read_only_attributes_times_owners_and_nodes(mdir):
 def test_virtual_entries_have_no_extended_attributes(mdir):
     """getxattr/listxattr on .search entries: none there (ENODATA, an empty list), and the
     real file a result links to keeps its own."""
-    write(os.path.join(mdir, "a.txt"), b"findme\n")
+    s, qdir, link, res = search_entries(mdir)
     os.setxattr(os.path.join(mdir, "a.txt"), "user.colour", b"blue")
-    s = os.path.join(mdir, ".search")
-    qdir = os.path.join(s, "grep", "findme")
-    assert sorted(os.listdir(qdir)) == [".results", "a.txt"]
-    for path in (s, os.path.join(s, "grep"), qdir, os.path.join(qdir, ".results")):
+    for path in (s, os.path.join(s, "grep"), qdir, res):
         assert os.listxattr(path) == [], path
         assert errno_of(os.getxattr, path, "user.colour") == errno.ENODATA, path
     # through the result link: the real file's
-    assert os.getxattr(os.path.join(qdir, "a.txt"), "user.colour") == b"blue"
-    assert os.listxattr(os.path.join(qdir, "a.txt")) == ["user.colour"]
+    assert os.getxattr(link, "user.colour") == b"blue"
+    assert os.listxattr(link) == ["user.colour"]
 
 
 def test_results_follow_writes_through_the_mount(mdir):

@@ -318,7 +318,9 @@ def test_ls_of_dot_dot_after_a_symlink_lists_the_targets_parent(nexus, home):
 
 
 # ----------------------------------------------------------------- put/get
-def make_tree(root: str) -> None:
+def make_put_tree(root: str) -> None:
+    """A small tree whose every name, mode, link and time the put/get tests assert on
+    (tests/test_mount_tools.make_tree makes random trees for tools instead)."""
     os.makedirs(os.path.join(root, "sub", "deeper"))
     with open(os.path.join(root, "big.bin"), "wb") as f:
         f.write(os.urandom(3 * BS + 77))
@@ -344,7 +346,7 @@ def make_tree(root: str) -> None:
 
 def test_put_and_get_a_tree_round_trip(nexus, home, tmp_path):
     src = str(tmp_path / "src")
-    make_tree(src)
+    make_put_tree(src)
     result = nexus("put", src, "/dest")
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
     with connect(home) as nx:

@@ -76,7 +76,7 @@ def populate(nx: nexusfs.Nexus) -> None:
     nx.utime("/", _times(999))
 
 
-def snapshot(nx: nexusfs.Nexus, root: str = "/", *, alloc: bool = True) -> dict[str, tuple]:
+def store_snapshot(nx: nexusfs.Nexus, root: str = "/", *, alloc: bool = True) -> dict[str, tuple]:
     """path (relative to root) -> every attribute that must round-trip, and the content."""
     infos = [nx.stat(root)] + list(nx.walk(root, attrs=True))
     skip = 0 if root == "/" else len(root)
@@ -127,12 +127,12 @@ def other(tmp_path):
 # ----------------------------------------------------------------- round trips
 def test_round_trip_without_data_over_shared_blobs(source, other, store_dir):
     data = export_bytes(source)
-    before = snapshot(source)
+    before = store_snapshot(source)
     target = other("migrated", blobs="file://" + os.path.join(store_dir, "blobs"))
     stats = import_stream(target, io.BytesIO(data), same_owner=True)
     assert stats.objects == 0
     assert stats.links == 2 and stats.specials == 4
-    after = snapshot(target)
+    after = store_snapshot(target)
     assert after == before
     assert target.stat("/docs/big.bin").nlink == 3
     assert target.stat("/hard3").ino == target.stat("/other/hard").ino == target.stat("/docs/big.bin").ino
@@ -146,11 +146,11 @@ def test_round_trip_without_data_over_shared_blobs(source, other, store_dir):
 
 def test_round_trip_with_data_into_a_store_sharing_nothing(source, other):
     data = export_bytes(source, with_data=True)
-    before = snapshot(source)
+    before = store_snapshot(source)
     target = other("fresh")
     stats = import_stream(target, io.BytesIO(data), same_owner=True)
     assert stats.objects > 0
-    assert snapshot(target) == before
+    assert store_snapshot(target) == before
     assert target.info().blobs != source.info().blobs
     # the repeated block is stored once in the target too
     big = target.meta.block_map(target.stat("/docs/big.bin").ino)
@@ -161,10 +161,10 @@ def test_round_trip_with_data_into_a_store_sharing_nothing(source, other):
 
 def test_round_trip_between_different_block_sizes(source, other):
     data = export_bytes(source, with_data=True)
-    before = snapshot(source, alloc=False)
+    before = store_snapshot(source, alloc=False)
     target = other("wide", block_size=4 * BS, inline_max=8)
     import_stream(target, io.BytesIO(data), same_owner=True)
-    assert snapshot(target, alloc=False) == before
+    assert store_snapshot(target, alloc=False) == before
     assert target.meta.block_size == 4 * BS
     # the sparse file stays sparse: only the block holding its tail is stored
     assert target.stat("/docs/sparse").blocks * 512 <= 4 * BS
@@ -179,7 +179,7 @@ def test_import_under_a_directory_and_export_of_a_subtree(source, other):
     target = other()
     target.mkdir("/restore")
     import_stream(target, io.BytesIO(data), "/restore/here", same_owner=True)
-    got, want = snapshot(target, "/restore/here"), snapshot(source, "/docs")
+    got, want = store_snapshot(target, "/restore/here"), store_snapshot(source, "/docs")
     # big.bin's other names are outside /docs: here it has one name
     assert got["/big.bin"][5] == 1 and want["/big.bin"][5] == 3
     drop_nlink = lambda snap: {k: v[:5] + v[6:] for k, v in snap.items()}  # noqa: E731
@@ -224,7 +224,7 @@ def test_records_api_round_trip(source, other):
     target = other()
     stats = import_records(target, recs, same_owner=True)
     assert stats.entries == recs[-1]["entries"]
-    assert snapshot(target) == snapshot(source)
+    assert store_snapshot(target) == store_snapshot(source)
 
 
 # -------------------------------------------------------------------- format

@@ -124,6 +124,7 @@ class Store:
         except BaseException:
             db.close()
             raise
+        warn_without_vectors(config, db)
         return cls(config, db, meta, vfs, created=created)
 
     def close(self) -> None:
@@ -238,6 +239,21 @@ def _database_path(config: Config) -> str | None:
     if url.startswith("sqlite://"):
         return url[len("sqlite://") :]
     return None if "://" in url else url
+
+
+#: the reasons already logged by ``warn_without_vectors`` in this process
+_VECTOR_WARNINGS: set[str] = set()
+
+
+def warn_without_vectors(config: Config, db: Database) -> None:
+    """Semantic search is configured but sqlite-vec cannot be had: the store still opens
+    (grep and glob work; nothing is embedded, so semantic queries find nothing) but says so,
+    once per process and reason, as a WARNING; ``index_status().note`` and every semantic
+    query's ``note`` say it too."""
+    problem = getattr(db, "vector_search_problem", None)
+    if config.semantic and problem and problem not in _VECTOR_WARNINGS:
+        _VECTOR_WARNINGS.add(problem)
+        log.warning("semantic search is off: %s (grep and glob still work)", problem)
 
 
 def _looks_initialised(config: Config) -> bool:

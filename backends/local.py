@@ -49,7 +49,8 @@ class LocalBlobStore(BlobStore):
             if not os.path.isdir(self.root):
                 parent = os.path.dirname(self.root)
                 os.makedirs(parent, exist_ok=True)
-                private.make_dir(self.root, private.owner_for(parent))
+                if private.make_dir(self.root, private.owner_for(parent)) and fsync:
+                    fsync_dir(parent)  # blobs fsync'd into it must not lose it to a power cut
             #: who gets what root creates here (None: whoever creates it)
             self._owner = private.owner_for(self.root)
         except OSError as exc:
@@ -91,7 +92,7 @@ class LocalBlobStore(BlobStore):
                 pass
             raise
         if self.fsync:
-            _fsync_dir(d)  # make the rename itself durable
+            fsync_dir(d)  # make the rename itself durable
 
     def _make_dir(self, d: str) -> None:
         """Create the blob directory ``d`` and its parent if missing; with ``fsync``, make each
@@ -109,7 +110,7 @@ class LocalBlobStore(BlobStore):
             private.make_dirs(d, self.root, self._owner)
             if self.fsync:
                 for new in reversed(missing):
-                    _fsync_dir(os.path.dirname(new))
+                    fsync_dir(os.path.dirname(new))
             self._made_dirs.add(d)
 
     def _temporary(self, d: str) -> tuple[int, str]:
@@ -308,7 +309,8 @@ def _lock(fd: int, how: int) -> bool:
     return True
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` durable (a new, renamed or removed name in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

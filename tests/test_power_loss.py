@@ -4,7 +4,8 @@ The crash tests kill processes, so everything written survives in the kernel's p
 synced or not. Here the store lives on :mod:`tests.lossyfs`, a FUSE filesystem that keeps
 only what was synced (file content by fsync/fdatasync, directory entries by an fsync of the
 directory): a writer process creates the store, writes through the API, acknowledges what
-fsync/sync made durable, and is killed; then the power is "cut" (the lossy filesystem keeps
+fsync/sync made durable, and is killed (the store is new, or made and closed by an earlier
+process); then the power is "cut" (the lossy filesystem keeps
 only its synced state) and mounted again, and the store must open, hold every acknowledged
 byte, and fsck clean. What nobody synced may be lost, but never half.
 """
@@ -21,7 +22,7 @@ import textwrap
 import pytest
 
 import nexusfs
-from tests.mountutil import force_unmount
+from tests.mountutil import MountedStore, force_unmount
 from tests.needs import need_mount
 
 pytestmark = pytest.mark.mount
@@ -29,8 +30,6 @@ pytestmark = pytest.mark.mount
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = dict(block_size=64 * 1024, inline_max=1024, cache_size=1 << 20, dirty_limit=1 << 20,
                 semantic=False, background_indexing=False)
-
-
 def content(name: str, size: int) -> bytes:
     """Incompressible bytes that differ per name (blobs are not shared between files)."""
     out = bytearray()
@@ -145,9 +144,12 @@ def lossy(tmp_path):
             m.stop()
 
 
-def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path):
+@pytest.mark.parametrize("store", ["new", "existing"])
+def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path, store):
     fs = lossy()
     home = os.path.join(fs.mountpoint, "store")
+    if store == "existing":  # made by an earlier process that closed it (closing makes it durable)
+        nexusfs.connect(home, **SETTINGS).close()
     script = tmp_path / "power_loss_writer.py"
     script.write_text(WRITER)
     writer = subprocess.Popen([sys.executable, str(script), home, ROOT_DIR], stdout=subprocess.PIPE,
@@ -165,14 +167,18 @@ def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path):
     assert sorted(acked) == sorted(["fsynced", "fsynced-inline", "synced", "renamed"]), err[-3000:]
 
     fs.cut_power()
-    fs = lossy()
+    lossy()
+    check_after_power_cut(home, {k: FILES[k] for k in acked}, {k: FILES[k] for k in ("closed", "open")})
+
+
+def check_after_power_cut(home: str, acked: dict[str, tuple[str, int]], unsynced: dict[str, tuple[str, int]]) -> None:
+    """Every acknowledged file has its content; an unsynced one is absent, empty or whole;
+    fsck finds nothing but orphan blobs, gc removes those, and the store works."""
     with nexusfs.connect(home, create=False, **SETTINGS) as nx:
-        for key in acked:
-            path, size = FILES[key]
+        for key, (path, size) in acked.items():
             assert nx.exists(path), f"{path} was acknowledged durable (fsync/sync returned) but is gone"
             assert nx.read_bytes(path) == content(key, size), f"{path} lost its content"
-        for key in ("closed", "open"):
-            path, size = FILES[key]
+        for key, (path, size) in unsynced.items():
             if nx.exists(path):  # not synced: may be lost, but not torn
                 assert nx.read_bytes(path) in (b"", content(key, size)), f"{path} is torn"
         report = nx.fsck(verify_data=True)
@@ -185,3 +191,48 @@ def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path):
         assert report.clean, [str(p) for p in report.problems]
         nx.write_bytes("/after", b"the store still works")
         assert nx.read_bytes("/after") == b"the store still works"
+
+
+def write_through_mount(path: str, data: bytes, *, fsync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("store", ["new", "existing"])
+def test_power_cut_under_a_mount_keeps_what_fsync_acknowledged(lossy, tmp_path, store):
+    fs = lossy()
+    home = os.path.join(fs.mountpoint, "store")
+    if store == "existing":
+        nexusfs.connect(home, **SETTINGS).close()
+    config = tmp_path / "nexus.yaml"  # outside the lossy filesystem: it is no part of the test
+    config.write_text("".join(f"{k}: {v}\n" for k, v in SETTINGS.items()))
+    m = MountedStore(home, str(tmp_path / "nexus-mnt"), log_path=str(tmp_path / "mount.log"),
+                     args=["--config", str(config)])
+    acked = {}
+    m.start()
+    try:
+        for key in ("fsynced", "fsynced-inline"):
+            path, size = FILES[key]
+            write_through_mount(m.path(path.lstrip("/")), content(key, size), fsync=True)
+            acked[key] = FILES[key]
+        # a new name made durable by an fsync of its directory (after a rename into place)
+        os.mkdir(m.path("dir"))
+        write_through_mount(m.path("dir", "tmp"), content("renamed", FILES["renamed"][1]), fsync=True)
+        os.rename(m.path("dir", "tmp"), m.path(FILES["renamed"][0].lstrip("/")))
+        dfd = os.open(m.path("dir"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        acked["renamed"] = FILES["renamed"]
+        write_through_mount(m.path(FILES["closed"][0].lstrip("/")), content("closed", FILES["closed"][1]), fsync=False)
+    finally:
+        m.kill()  # the mount dies with the machine
+    fs.cut_power()
+    lossy()
+    check_after_power_cut(home, acked, {"closed": FILES["closed"]})

@@ -4,9 +4,8 @@ The crash tests kill processes, so everything written survives in the kernel's p
 synced or not. Here the store lives on :mod:`tests.lossyfs`, a FUSE filesystem that keeps
 only what was synced (file content by fsync/fdatasync, directory entries by an fsync of the
 directory): a writer process creates the store, writes through the API, acknowledges what
-fsync/sync made durable, and is killed (the store is new, or made and closed by an earlier
-process); then the power is "cut" (the lossy filesystem keeps
-only its synced state) and mounted again, and the store must open, hold every acknowledged
+fsync/sync made durable, and is killed (the store is new, or made earlier and all on disk);
+then the power is "cut" (the lossy filesystem keeps only its synced state) and mounted again, and the store must open, hold every acknowledged
 byte, and fsck clean. What nobody synced may be lost, but never half.
 """
 
@@ -148,8 +147,8 @@ def lossy(tmp_path):
 def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path, store):
     fs = lossy()
     home = os.path.join(fs.mountpoint, "store")
-    if store == "existing":  # made by an earlier process that closed it (closing makes it durable)
-        nexusfs.connect(home, **SETTINGS).close()
+    if store == "existing":
+        make_durable_store(home)
     script = tmp_path / "power_loss_writer.py"
     script.write_text(WRITER)
     writer = subprocess.Popen([sys.executable, str(script), home, ROOT_DIR], stdout=subprocess.PIPE,
@@ -193,6 +192,20 @@ def check_after_power_cut(home: str, acked: dict[str, tuple[str, int]], unsynced
         assert nx.read_bytes("/after") == b"the store still works"
 
 
+def make_durable_store(home: str) -> None:
+    """A store made earlier, all of it on disk whatever the product syncs (the test syncs
+    every file and directory itself): the power cut then tests only what comes after."""
+    nexusfs.connect(home, **SETTINGS).close()
+    for d, _dirs, files in os.walk(os.path.dirname(home), topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(d, name), os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+
+
 def write_through_mount(path: str, data: bytes, *, fsync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -208,7 +221,7 @@ def test_power_cut_under_a_mount_keeps_what_fsync_acknowledged(lossy, tmp_path, 
     fs = lossy()
     home = os.path.join(fs.mountpoint, "store")
     if store == "existing":
-        nexusfs.connect(home, **SETTINGS).close()
+        make_durable_store(home)
     config = tmp_path / "nexus.yaml"  # outside the lossy filesystem: it is no part of the test
     config.write_text("".join(f"{k}: {v}\n" for k, v in SETTINGS.items()))
     m = MountedStore(home, str(tmp_path / "nexus-mnt"), log_path=str(tmp_path / "mount.log"),

@@ -5,8 +5,9 @@ synced or not. Here the store lives on :mod:`tests.lossyfs`, a FUSE filesystem t
 only what was synced (file content by fsync/fdatasync, directory entries by an fsync of the
 directory): a writer process creates the store, writes through the API, acknowledges what
 fsync/sync made durable, and is killed (the store is new, or made earlier and all on disk);
-then the power is "cut" (the lossy filesystem keeps only its synced state) and mounted again, and the store must open, hold every acknowledged
-byte, and fsck clean. What nobody synced may be lost, but never half.
+then the power is "cut" (the lossy filesystem keeps only its synced state) and mounted again,
+and the store must open, hold every acknowledged byte, and fsck clean. What nobody synced may
+be lost, but never half. The same through a nexusfs mount whose process dies with the power.
 """
 
 from __future__ import annotations

@@ -65,12 +65,6 @@ WRITER = textwrap.dedent(
         return content(key, FILES[key][1])
 
     nx = nexusfs.connect(sys.argv[1], **SETTINGS)
-    for key in ("fsynced", "fsynced-inline"):
-        f = nx.open(FILES[key][0], "wb", buffering=0)
-        f.write(data(key))
-        f.fsync()
-        say("ack " + key)        # fsync returned: durable from here on
-        f.close()
     nx.write_bytes(FILES["synced"][0], data("synced"))
     nx.mkdir("/dir")
     nx.write_bytes("/dir/tmp", data("renamed"))
@@ -78,6 +72,13 @@ WRITER = textwrap.dedent(
     nx.sync()
     say("ack synced")
     say("ack renamed")
+    # last of the synced ones: no later sync may make up for what their fsync left out
+    for key in ("fsynced", "fsynced-inline"):
+        f = nx.open(FILES[key][0], "wb", buffering=0)
+        f.write(data(key))
+        f.fsync()
+        say("ack " + key)        # fsync returned: durable from here on
+        f.close()
     nx.write_bytes(FILES["closed"][0], data("closed"))  # closed, never synced
     f = nx.open(FILES["open"][0], "wb")                  # written, never closed
     f.write(data("open"))
@@ -230,10 +231,6 @@ def test_power_cut_under_a_mount_keeps_what_fsync_acknowledged(lossy, tmp_path, 
     acked = {}
     m.start()
     try:
-        for key in ("fsynced", "fsynced-inline"):
-            path, size = FILES[key]
-            write_through_mount(m.path(path.lstrip("/")), content(key, size), fsync=True)
-            acked[key] = FILES[key]
         # a new name made durable by an fsync of its directory (after a rename into place)
         os.mkdir(m.path("dir"))
         write_through_mount(m.path("dir", "tmp"), content("renamed", FILES["renamed"][1]), fsync=True)
@@ -244,6 +241,11 @@ def test_power_cut_under_a_mount_keeps_what_fsync_acknowledged(lossy, tmp_path, 
         finally:
             os.close(dfd)
         acked["renamed"] = FILES["renamed"]
+        # last of the synced ones: no later sync may make up for what their fsync left out
+        for key in ("fsynced", "fsynced-inline"):
+            path, size = FILES[key]
+            write_through_mount(m.path(path.lstrip("/")), content(key, size), fsync=True)
+            acked[key] = FILES[key]
         write_through_mount(m.path(FILES["closed"][0].lstrip("/")), content("closed", FILES["closed"][1]), fsync=False)
     finally:
         m.kill()  # the mount dies with the machine

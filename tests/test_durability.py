@@ -10,14 +10,16 @@ moment) and every write and sync SQLite makes through its VFS (an apsw VFS shim 
 default before the store opens). It does not look at the engine's own method names, so a
 redesign of the write path (blocks into slices) keeps these tests meaningful.
 
-What each call must do before it returns (checked on the events between its start and end):
+What each call must have done when it returns (checked on the events from the first write
+of the data — a full block starts uploading during write() — to the call's return):
 
 * every blob file created is fsync'd (its inode), then its directory is fsync'd with the
   blob's name in it, and every directory created for it is fsync'd in its parent;
 * all of that before the metadata commit that references it — the last WAL commit frame
-  of the call (reservations may commit earlier; the content commit comes after uploads);
-* for fsync, sync and close of the store: everything SQLite wrote (WAL or database file) is
-  synced afterwards (by SQLite's xSync or an fsync of that file).
+  (reservations may commit earlier; the content commit comes after the uploads);
+* for fsync, sync and close of the store (not for close of a file, which commits but does
+  not sync): everything SQLite wrote since the change began (WAL or database file) is synced
+  afterwards, by SQLite's xSync or an fsync of that file.
 """
 
 from __future__ import annotations

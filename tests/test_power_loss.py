@@ -148,9 +148,7 @@ def lossy(tmp_path):
 @pytest.mark.parametrize("store", ["new", "existing"])
 def test_power_cut_keeps_what_fsync_and_sync_acknowledged(lossy, tmp_path, store):
     fs = lossy()
-    home = os.path.join(fs.mountpoint, "store")
-    if store == "existing":
-        make_durable_store(home)
+    home = store_home(fs, store)
     script = tmp_path / "power_loss_writer.py"
     script.write_text(WRITER)
     writer = subprocess.Popen([sys.executable, str(script), home, ROOT_DIR], stdout=subprocess.PIPE,
@@ -194,6 +192,14 @@ def check_after_power_cut(home: str, acked: dict[str, tuple[str, int]], unsynced
         assert nx.read_bytes("/after") == b"the store still works"
 
 
+def store_home(fs: Lossy, store: str) -> str:
+    """Where the store lives on the lossy filesystem; made there first if ``store`` is existing."""
+    home = os.path.join(fs.mountpoint, "store")
+    if store == "existing":
+        make_durable_store(home)
+    return home
+
+
 def make_durable_store(home: str) -> None:
     """A store made earlier, all of it on disk whatever the product syncs (the test syncs
     every file and directory itself): the power cut then tests only what comes after."""
@@ -221,9 +227,7 @@ def write_through_mount(path: str, data: bytes, *, fsync: bool) -> None:
 @pytest.mark.parametrize("store", ["new", "existing"])
 def test_power_cut_under_a_mount_keeps_what_fsync_acknowledged(lossy, tmp_path, store):
     fs = lossy()
-    home = os.path.join(fs.mountpoint, "store")
-    if store == "existing":
-        make_durable_store(home)
+    home = store_home(fs, store)
     config = tmp_path / "nexus.yaml"  # outside the lossy filesystem: it is no part of the test
     config.write_text("".join(f"{k}: {v}\n" for k, v in SETTINGS.items()))
     m = MountedStore(home, str(tmp_path / "nexus-mnt"), log_path=str(tmp_path / "mount.log"),

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from backends import BlobStoreError, LocalBlobStore, open_blob_store, private
+from backends.local import fsync_dir
 
 from .config import Config
 from .errors import ConfigError, StoreError
@@ -121,6 +122,8 @@ class Store:
                 readahead_blocks=config.readahead_blocks,
                 verify_reads=config.verify_reads,
             )
+            if created:
+                _make_skeleton_durable(config)
         except BaseException:
             db.close()
             raise
@@ -308,6 +311,21 @@ def _create_home(home: str) -> None:
         pass  # made by another process in between
     except OSError as exc:
         raise StoreError(f"cannot create store directory {home}: {exc.strerror}") from None
+
+
+def _make_skeleton_durable(config: Config) -> None:
+    """A new store's directory and the database file in it survive a power cut: sync the
+    directories holding their names (the first fsync then makes what it promises durable;
+    the blob store makes its own directories durable)."""
+    dirs = [os.path.dirname(config.home), config.home]
+    db = _database_path(config)
+    if db is not None:
+        dirs.append(os.path.dirname(db))
+    for d in dict.fromkeys(os.path.abspath(d) for d in dirs):
+        try:
+            fsync_dir(d)
+        except OSError as exc:
+            raise StoreError(f"cannot sync directory {d}: {exc.strerror}") from None
 
 
 def _user_name(uid: int) -> str:

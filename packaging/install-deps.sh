@@ -8,7 +8,7 @@ set -euo pipefail
 
 pkgs=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(git rsync tar make attr acl ripgrep psmisc procps util-linux)
+  pkgs+=(git rsync tar make attr acl ripgrep psmisc procps util-linux strace)
 fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

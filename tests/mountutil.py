@@ -8,7 +8,8 @@ never leaves a process behind, also when the test fails.
 
 How the mount ended is checked (``check_end``, which ``stop()`` calls): exit status 0,
 and nothing in its log at WARNING or above, no traceback (an exception in one of its
-threads, say the indexer or the group-commit timer, or in the final flush) — except
+threads, say the indexer or the group-commit timer, or in the final flush), no stray
+output — except
 what the test allows with ``allow_log=[regex, ...]`` because it provokes it on purpose.
 A mount killed on purpose (``kill()``, or a signal through ``terminate()`` whose status
 the test checks itself) is exempt from the status check, not from the log check.
@@ -49,8 +50,9 @@ _STRAY_START = ("Traceback (most recent call last)", "Exception in thread", "Exc
 
 def log_problems(text: str, allow: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The entries of a mount log that say something went wrong: records at WARNING or above,
-    and any traceback (in a record, or written by Python for an uncaught exception), minus
-    those an ``allow`` regex finds (``re.search`` over the whole entry)."""
+    any traceback (in a record, or written by Python for an uncaught exception) and any other
+    output that is not a log record (libfuse's complaints, say), minus those an ``allow``
+    regex finds (``re.search`` over the whole entry)."""
     entries: list[list[str]] = []
     for line in text.splitlines():
         if not entries or _LOG_RECORD.match(line) or line.startswith(_STRAY_START[1:]) \
@@ -67,6 +69,18 @@ def log_problems(text: str, allow: list[str] | tuple[str, ...] = ()) -> list[str
         if bad and not any(re.search(a, entry) for a in allow):
             problems.append(entry)
     return problems
+
+
+def assert_clean_log(path: str, allow: list[str] | tuple[str, ...] = ()) -> None:
+    """For mounts started another way (``nexus mount -d`` logs to STORE/mount.log): after
+    they ended, their log has nothing wrong in it (see log_problems)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            problems = log_problems(f.read(), allow)
+    except FileNotFoundError:
+        return
+    assert not problems, f"the mount log {path} has {len(problems)} warning(s)/error(s)/" \
+        "traceback(s):\n" + "\n---\n".join(problems)
 
 
 def _has_exc_info(entry: list[str]) -> bool:

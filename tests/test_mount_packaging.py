@@ -11,7 +11,7 @@ import pytest
 
 import nexusfs
 from tests import needs
-from tests.mountutil import force_unmount
+from tests.mountutil import assert_clean_log, force_unmount
 
 pytestmark = pytest.mark.mount
 
@@ -35,6 +35,7 @@ def paths(tmp_path):
     mnt.mkdir()
     yield str(home), str(mnt)
     force_unmount(str(mnt))
+    assert_clean_log(str(home / "mount.log"))  # the background mounts' log
 
 
 def mounted(mnt: str) -> bool:

@@ -21,7 +21,7 @@ import nexusfs
 from nexusfs.cli import cli
 from tests import needs
 from tests.mount_helpers import NOBODY, as_user
-from tests.mountutil import force_unmount
+from tests.mountutil import assert_clean_log, force_unmount
 
 NEXUS = os.path.join(os.path.dirname(sys.executable), "nexus")
 SECRET = b"SECRET-4711 the launch codes"
@@ -251,6 +251,7 @@ def test_a_mounted_store_is_private_whatever_the_umask(tmp_path):
         res = run_nexus("umount", str(mnt))
         force_unmount(str(mnt))
     assert res.returncode == 0, res.stderr
+    assert_clean_log(os.path.join(home, "mount.log"))
     assert loose_paths(home) == []
 
 

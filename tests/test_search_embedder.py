@@ -14,7 +14,7 @@ import pytest
 import nexusfs
 from nexusfs.config import Config
 from nexusfs.errors import ConfigError
-from tests.mountutil import MountedStore, fuse_usable, wait_until
+from tests.mountutil import MountedStore, wait_until
 from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli, need_minilm, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 DOCS = {f"/notes/{name}": text for name, text in NOTES.items()}
@@ -212,12 +212,10 @@ def test_a_background_indexer_configured_otherwise_keeps_the_stores_model(indexe
 
 @pytest.mark.mount
 def test_a_mount_configured_otherwise_serves_queries_with_the_stores_model(indexed, tmp_path):
-    problem = fuse_usable()
-    if problem:
-        pytest.skip(f"no FUSE here: {problem}")
     nexus, _cfg = indexed
     before = index_state(nexus.home)
-    m = MountedStore(nexus.home, str(tmp_path / "mnt"), settings={"embedder": "minilm"})
+    m = MountedStore(nexus.home, str(tmp_path / "mnt"), settings={"embedder": "minilm"},
+                     allow_log=[r"WARNING nexusfs\.\S+: this store indexes with wordllama"])
     with no_writes(nexus.home), m:
         path = os.path.join(m.mountpoint, "notes", ".search", "semantic", SKY, ".results")
         with open(path, encoding="utf-8") as f:

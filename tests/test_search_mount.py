@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import subprocess
 import time
 from urllib.parse import unquote
@@ -23,7 +22,7 @@ import pytest
 
 from tests import needs
 from tests.mount_helpers import as_user, errno_of
-from tests.mountutil import MountedStore, fuse_usable, wait_until
+from tests.mountutil import MountedStore, wait_until
 from tests.search_helpers import (
     C_ENV,
     describe_diff,
@@ -76,9 +75,6 @@ EXTRA = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(mounted lib directory, local copy)."""
-    problem = fuse_usable()
-    if problem:
-        pytest.skip(f"no FUSE here: {problem}")
     base = tmp_path_factory.mktemp("search-mount")
     os.chmod(base, 0o755)
     local = str(base / "local")
@@ -234,10 +230,10 @@ def test_tools_never_enter_search(corpus, tmp_path):
         over_mount = gnu_grep(d, pattern)
         assert over_mount == theirs, describe_diff(over_mount, theirs)
     # rsync -a copies the tree and nothing else
-    if shutil.which("rsync"):
-        dst = str(tmp_path / "copy")
-        subprocess.run(["rsync", "-a", os.path.join(d, "email") + "/", dst + "/"], check=True, capture_output=True)
-        assert _find(dst) == _find(os.path.join(local, "email"))
+    rsync = needs.need_tool("rsync")
+    dst = str(tmp_path / "copy")
+    subprocess.run([rsync, "-a", os.path.join(d, "email") + "/", dst + "/"], check=True, capture_output=True)
+    assert _find(dst) == _find(os.path.join(local, "email"))
 
 
 def test_directory_listings_are_unchanged(corpus):
@@ -430,8 +426,7 @@ def test_semantic_results(mdir):
 
 
 def test_git_does_not_see_search(mdir):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+    needs.need_tool("git")
     env = dict(C_ENV, HOME=mdir, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@e",
                GIT_COMMITTER_NAME="T", GIT_COMMITTER_EMAIL="t@e")
     repo = os.path.join(mdir, "repo")

@@ -49,12 +49,14 @@ class LocalBlobStore(BlobStore):
             if not os.path.isdir(self.root):
                 parent = os.path.dirname(self.root)
                 os.makedirs(parent, exist_ok=True)
-                private.make_dir(self.root, private.owner_for(parent))
+                if private.make_dir(self.root, private.owner_for(parent)) and fsync:
+                    fsync_dir(parent)  # blobs fsync'd into it must not lose it to a power cut
             #: who gets what root creates here (None: whoever creates it)
             self._owner = private.owner_for(self.root)
         except OSError as exc:
             raise BlobStoreError(f"cannot create blob directory {self.root}: {exc.strerror}") from exc
         self._made_dirs: set[str] = set()
+        self._dir_lock = threading.Lock()
         #: None until the first large put finds out whether O_DIRECT works here
         self.direct: bool | None = None if hasattr(os, "O_DIRECT") else False
         self._scratch = threading.local()
@@ -72,8 +74,7 @@ class LocalBlobStore(BlobStore):
         check_key(key)
         d = self._dir(key)
         if d not in self._made_dirs:
-            private.make_dirs(d, self.root, self._owner)
-            self._made_dirs.add(d)
+            self._make_dir(d)
         fd, tmp = self._temporary(d)
         try:
             try:
@@ -91,12 +92,26 @@ class LocalBlobStore(BlobStore):
                 pass
             raise
         if self.fsync:
-            # make the rename itself durable
-            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(d)  # make the rename itself durable
+
+    def _make_dir(self, d: str) -> None:
+        """Create the blob directory ``d`` and its parent if missing; with ``fsync``, make each
+        new one durable in its parent (else a power cut can take a new directory away, and
+        with it every blob fsync'd into it). A lock keeps other threads of this process from
+        putting a blob into a directory whose creation is not durable yet."""
+        with self._dir_lock:
+            if d in self._made_dirs:
+                return
+            missing = []
+            p = d
+            while p != self.root and not os.path.isdir(p):
+                missing.append(p)
+                p = os.path.dirname(p)
+            private.make_dirs(d, self.root, self._owner)
+            if self.fsync:
+                for new in reversed(missing):
+                    fsync_dir(os.path.dirname(new))
+            self._made_dirs.add(d)
 
     def _temporary(self, d: str) -> tuple[int, str]:
         """A new temporary file in ``d`` (0600, the owner's), locked for this put: (fd, path)."""
@@ -292,6 +307,15 @@ def _lock(fd: int, how: int) -> bool:
             return False
         raise
     return True
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` durable (a new, renamed or removed name in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, view: memoryview) -> None:

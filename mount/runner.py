@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import os
 import shutil
@@ -18,6 +17,8 @@ from backends import private
 from nexusfs.config import Config
 from nexusfs.errors import NexusError
 from nexusfs.store import Store, prepare_home
+
+from .pipelimit import allow_splice, release_splice
 
 log = logging.getLogger("nexusfs.mount")
 
@@ -128,7 +129,7 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 search_spill_dir=config.home,
                 search_results_max=config.search_results_max,
             )
-            _allow_splice()
+            splice_held = allow_splice()
             _keep_freed_memory()
             fuse_opts = {f"fsname={fsname(config)}", "subtype=nexus", "default_permissions", "noatime"}
             allow_other = opts.allow_other if opts.allow_other is not None else os.getuid() == 0
@@ -138,19 +139,23 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
                 fuse_opts.add("debug")
             fuse_opts.update(opts.extra)
             try:
-                pyfuse3.init(ops, path, fuse_opts)
-            except RuntimeError as exc:
-                raise MountError(f"mounting {path} failed: {exc}") from None
-            log.info("store %s mounted at %s", config.home, path)
-            try:
-                trio.run(_serve, ready_fd, path, ops)
+                try:
+                    pyfuse3.init(ops, path, fuse_opts)
+                except RuntimeError as exc:
+                    raise MountError(f"mounting {path} failed: {exc}") from None
+                log.info("store %s mounted at %s", config.home, path)
+                try:
+                    trio.run(_serve, ready_fd, path, ops)
+                finally:
+                    log.info("unmounting %s and writing out all data", path)
+                    pyfuse3.close(unmount=True)
+                    store.vfs.sync()
+                    # files deleted while still open (or still known to the kernel) go now:
+                    # the kernel will never release them
+                    _purge_orphans(store)
             finally:
-                log.info("unmounting %s and writing out all data", path)
-                pyfuse3.close(unmount=True)
-                store.vfs.sync()
-                # files deleted while still open (or still known to the kernel) go now:
-                # the kernel will never release them
-                _purge_orphans(store)
+                if splice_held:
+                    release_splice()
     finally:
         store.close()
     log.info("store %s closed", config.home)
@@ -162,47 +167,6 @@ def _purge_orphans(store: Store) -> int:
     for ino in orphans:
         store.meta.purge_inode(ino)
     return len(orphans)
-
-
-#: the pipe libfuse needs to take a request with splice(): its receive buffer (1 MiB
-#: of data plus a 4 KiB header) rounded up by the kernel to a power of two
-SPLICE_PIPE_BYTES = 2 << 20
-PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
-
-
-def _allow_splice() -> None:
-    """Let libfuse move write requests out of the kernel with splice() (root only).
-
-    libfuse splices a request into a pipe (the written pages change hands, nothing
-    is copied) and pyfuse3 then reads it once into the bytes it hands us; without
-    splice libfuse first read()s each request into its own buffer, one more copy
-    of every byte written. libfuse uses splice only if it can grow its pipe to
-    2 MiB, above the kernel's default limit for unprivileged pipes (1 MiB), so
-    root without CAP_SYS_RESOURCE (containers, VMs) never splices. As root this
-    raises the limit (``fs.pipe-max-size``) to 2 MiB if it is lower and says so.
-    Measured through the mount, 256 MiB in 1 MiB writes: ~+9% throughput.
-    """
-    if os.getuid() != 0:
-        return
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
-        return  # allowed already
-    except OSError:
-        pass
-    finally:
-        os.close(r)
-        os.close(w)
-    try:
-        with open(PIPE_MAX_SIZE, encoding="ascii") as f:
-            current = int(f.read().strip())
-        if current < SPLICE_PIPE_BYTES:
-            with open(PIPE_MAX_SIZE, "w", encoding="ascii") as f:
-                f.write(str(SPLICE_PIPE_BYTES))
-            log.info("raised fs.pipe-max-size from %d to %d bytes so that libfuse can splice write requests",
-                     current, SPLICE_PIPE_BYTES)
-    except (OSError, ValueError) as exc:
-        log.debug("could not raise fs.pipe-max-size: %s", exc)
 
 
 #: glibc mallopt() parameters

@@ -316,7 +316,8 @@ class Nexus:
 
         Data is streamed block by block: a file of any size needs only the
         block cache and the dirty buffer in memory. Closing (or ``flush()``)
-        commits what was written. ``parents`` creates missing directories
+        commits what was written; a binary file's ``fsync()`` also makes it
+        durable (text files: ``f.flush(); f.buffer.fsync()``). ``parents`` creates missing directories
         above a file that is created.
         """
         flags, readable, writable, binary = _parse_mode(mode)
@@ -332,9 +333,9 @@ class Nexus:
         size = self.vfs.block_size if buffering in (-1, 1) else buffering
         buffered: BinaryIO
         if readable and writable:
-            buffered = io.BufferedRandom(raw, size)  # type: ignore[assignment]
+            buffered = _BufferedRandom(raw, size)  # type: ignore[assignment]
         elif writable:
-            buffered = io.BufferedWriter(raw, size)  # type: ignore[assignment]
+            buffered = _BufferedWriter(raw, size)  # type: ignore[assignment]
         else:
             buffered = io.BufferedReader(raw, size)  # type: ignore[assignment]
         if binary:
@@ -955,6 +956,29 @@ class NexusFile(io.RawIOBase):
     def _check_closed(self) -> None:
         if self.closed:
             raise ValueError("I/O operation on closed file")
+
+
+class _Committing:
+    """A buffered writer whose ``flush()`` also commits (io's own stops at the raw file's
+    ``write``: it never calls the raw ``flush``), and which has ``fsync()``."""
+
+    raw: NexusFile
+
+    def flush(self) -> None:
+        super().flush()  # type: ignore[misc]
+        self.raw.flush()
+
+    def fsync(self) -> None:
+        self.flush()
+        self.raw.fsync()
+
+
+class _BufferedWriter(_Committing, io.BufferedWriter):
+    pass
+
+
+class _BufferedRandom(_Committing, io.BufferedRandom):
+    pass
 
 
 def connect(

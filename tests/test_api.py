@@ -1320,3 +1320,27 @@ def test_info_counts(nx):
     assert info.inline_bytes == 4
     assert info.objects == 3
     assert info.block_size == BS and info.inline_max == 1024
+
+
+@pytest.mark.parametrize("mode", ["wb", "r+b", "w"])
+def test_flush_of_a_buffered_file_commits_and_fsync_makes_it_durable(nx, store_dir, mode):
+    """``flush()`` commits what was written so far: another connection sees it at once
+    (io's buffered classes never call the raw file's flush on their own)."""
+    nx.write_bytes("/f", b"")
+    other = nexusfs.connect(store_dir, semantic=False)
+    try:
+        with nx.open("/f", mode) as f:
+            f.write("hello" if mode == "w" else b"hello")
+            assert other.stat("/f").size == 0  # still in the buffer
+            f.flush()
+            assert other.stat("/f").size == 5
+            f.write(" world" if mode == "w" else b" world")
+            if mode == "w":
+                f.flush()  # text waits in the TextIOWrapper until then, as with os.fsync
+                f.buffer.fsync()
+            else:
+                f.fsync()
+            assert other.stat("/f").size == 11
+            assert other.read_bytes("/f") == b"hello world"
+    finally:
+        other.close()

@@ -20,6 +20,7 @@ from backends import (
     retry,
 )
 from backends.local import DIRECT_MIN
+from tests import needs
 
 KEY = "0123456789abcdef-1"
 
@@ -463,7 +464,7 @@ def test_directories_blobs_and_temp_files_are_private_whatever_the_umask(tmp_pat
         assert stat.S_IMODE(os.stat(os.path.join(s.root, f)).st_mode) == 0o600
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root")
+@needs.root_only("giving files away needs root")
 def test_root_gives_what_it_creates_to_the_owner_of_the_blob_directory(tmp_path):
     root = tmp_path / "blobs"
     root.mkdir(mode=0o700)

@@ -19,9 +19,8 @@ import stat
 import subprocess
 import time
 
-import pytest
-
 from nexusfs.localcopy import open_local_for_write
+from tests import needs
 from tests.mount_helpers import NOBODY, as_user
 from tests.test_cli import _nexus_argv, connect, home, nexus
 
@@ -30,7 +29,7 @@ FIXTURES = (home, nexus)  # the store and the `nexus` runner of test_cli.py, use
 NULL, FULL = os.makedev(1, 3), os.makedev(1, 7)
 T0 = 1_500_000_000_000_000_000
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a device node needs root")
+needs_root = needs.root_only("mknod of a device node needs root")
 
 
 def write(path, data: bytes, mode: int = 0o644) -> None:

@@ -33,7 +33,7 @@ import nexusfs
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
-SETTINGS = dict(block_size=64 * 1024, inline_max=1024, cache_size=1 << 20, dirty_limit=1 << 20, fsync_blobs=False)
+SETTINGS = dict(block_size=64 * 1024, inline_max=1024, cache_size=1 << 20, dirty_limit=1 << 20)
 
 CHILD = textwrap.dedent(
     """

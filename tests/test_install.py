@@ -13,14 +13,14 @@ import tempfile
 
 import pytest
 
+from tests import needs
 from tests.install_helpers import REPO
 from tests.mount_helpers import NOBODY
-from tests.mountutil import _is_mounted, force_unmount, fuse_usable, wait_until
+from tests.mountutil import _is_mounted, force_unmount, wait_until
 
 pytestmark = [
-    pytest.mark.mount,
-    pytest.mark.skipif(bool(fuse_usable()), reason=f"no FUSE here: {fuse_usable()}"),
-    pytest.mark.skipif(os.getuid() != 0, reason="installs a mount(8) helper and switches users"),
+    pytest.mark.mount,  # guarded by tests/needs.py need_mount (conftest)
+    needs.root_only("installs a mount(8) helper and switches users"),
 ]
 
 RUN_SH = os.path.join(REPO, "run.sh")

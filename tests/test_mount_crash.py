@@ -20,7 +20,7 @@ import time
 import pytest
 
 import nexusfs
-from tests.mountutil import MountedStore, force_unmount
+from tests.mountutil import MountedStore
 
 pytestmark = pytest.mark.mount
 
@@ -188,24 +188,12 @@ def test_sigkill_while_idle_then_remount(mnt):
 
 def _terminate(m: MountedStore, sig: int = signal.SIGTERM, timeout: float = 120.0) -> int:
     """SIGTERM (or ``sig``) to the mount process; wait for it to finish writing out and exit."""
-    assert m.proc is not None
-    m.proc.send_signal(sig)
-    try:
-        rc = m.proc.wait(timeout=timeout)
-    finally:
-        if m.proc.poll() is None:
-            m.proc.kill()
-            m.proc.wait()
-        m.proc = None
-        force_unmount(m.mountpoint)
-    return rc
+    return m.terminate(sig, timeout)
 
 
 @pytest.mark.parametrize("cache", ["wb", "nowb"])
-def test_sigterm_with_open_unflushed_file(tmp_path_factory, cache):
-    base = tmp_path_factory.mktemp("term")
-    args = ["--no-writeback-cache"] if cache == "nowb" else []
-    m = MountedStore(str(base / "store"), str(base / "mnt"), args=args).start()
+def test_sigterm_with_open_unflushed_file(start_mount, cache):
+    m = start_mount(args=["--no-writeback-cache"] if cache == "nowb" else [])
     fds: list[int] = []
     try:
         with open(m.path("closed"), "wb") as f:
@@ -221,8 +209,6 @@ def test_sigterm_with_open_unflushed_file(tmp_path_factory, cache):
                 os.close(fd)
             except OSError:
                 pass  # the mount is gone
-        if m.proc is not None:
-            m.stop()
     assert rc == 0, m.log_tail()
     with nexusfs.connect(m.home) as nx:
         report = nx.fsck()

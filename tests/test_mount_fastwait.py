@@ -9,9 +9,9 @@ import types
 import pytest
 import trio
 
-pytest.importorskip("pyfuse3")
+from mount import fastwait
 
-from mount import fastwait  # noqa: E402
+pytestmark = pytest.mark.mount  # the mount guard (tests/needs.py need_mount), not a skip
 
 
 def test_the_stand_in_is_trio_except_for_the_wait_and_the_lock():

@@ -8,16 +8,14 @@ import subprocess
 import pytest
 
 import nexusfs
-from tests.mountutil import force_unmount, fuse_usable
+from tests import needs
+from tests.mountutil import assert_clean_log, force_unmount
 from tests.oracles import nexus_bin
 
 pytestmark = pytest.mark.mount
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(REPO, "packaging", "mount.fuse.nexus")
-
-if fuse_usable():
-    pytest.skip(f"no FUSE here: {fuse_usable()}", allow_module_level=True)
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -30,6 +28,7 @@ def paths(tmp_path):
     mnt.mkdir()
     yield str(home), str(mnt)
     force_unmount(str(mnt))
+    assert_clean_log(str(home / "mount.log"))  # the background mounts' log
 
 
 def mounted(mnt: str) -> bool:
@@ -91,7 +90,7 @@ def test_cli_sees_what_the_mount_flushed(paths):
         assert run("umount", mnt).returncode == 0
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="mount(8) with a helper needs root")
+@needs.root_only("mount(8) with a helper needs root")
 def test_fstab_helper_mounts_like_mount_t_fuse_nexus(paths):
     """mount(8) runs /sbin/mount.fuse.nexus SOURCE MNT -o OPTS: call it the same way."""
     home, mnt = paths

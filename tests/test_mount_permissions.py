@@ -17,11 +17,12 @@ import stat
 
 import pytest
 
+from tests import needs
 from tests.mount_helpers import NOBODY, as_user, errno_as_user
 
 pytestmark = [
     pytest.mark.mount,
-    pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root"),
+    needs.root_only("switching to another user needs root"),
 ]
 
 

@@ -12,7 +12,6 @@ import hashlib
 import mmap
 import os
 import random
-import shutil
 import socket
 import stat
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 import nexusfs
 from mount.runner import CACHE_TIMEOUT_S
 from nexusfs.vfs import STATFS_CACHE_S
+from tests import needs
 from tests.mount_helpers import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -38,7 +38,7 @@ from tests.mount_helpers import (
 from tests.mountutil import MountedStore, wait_until
 
 pytestmark = pytest.mark.mount
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root (device nodes, chown)")
+needs_root = needs.root_only("device nodes, chown")
 
 MiB = 1 << 20
 BS = 4 * MiB  # the store's block size (the default)
@@ -1101,10 +1101,7 @@ def _nexus(*args: str) -> subprocess.CompletedProcess:
 
 
 def _require_cli() -> None:
-    try:
-        import nexusfs.cli  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the nexus CLI is not available in this checkout: {exc}")
+    import nexusfs.cli  # noqa: F401 - part of the package: its absence is a failure, not a skip
 
 
 def test_cli_sees_what_the_mount_flushed(mnt):
@@ -1230,9 +1227,9 @@ def test_operations_without_a_handler(iodir):
     subprocess.run(["cp", "--reflink=auto", q, os.path.join(iodir, "cp-copy")], check=True)
     assert read_file(os.path.join(iodir, "cp-copy")) == read_file(q)
     # POSIX ACLs are off: the mode bits are the whole story
-    if shutil.which("setfacl"):
-        res = subprocess.run(["setfacl", "-m", "u:1000:r", q], capture_output=True, text=True)
-        assert res.returncode != 0 and "not supported" in res.stderr, res.stderr
+    setfacl = needs.need_tool("setfacl")
+    res = subprocess.run([setfacl, "-m", "u:1000:r", q], capture_output=True, text=True)
+    assert res.returncode != 0 and "not supported" in res.stderr, res.stderr
 
 
 # ============================================ another client writing while mounted

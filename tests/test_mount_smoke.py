@@ -2,7 +2,12 @@
 
 import os
 
+import pytest
+
 import nexusfs
+from tests import needs
+
+pytestmark = pytest.mark.mount
 
 
 def test_mount_serves_and_unmount_flushes(mnt):
@@ -23,12 +28,9 @@ def test_readahead_is_raised_before_the_mount_reports_ready(mnt):
     """As root the mount asks for 1 MiB read-ahead (1 MiB read requests instead of 128 KiB);
     that is only possible after the FUSE handshake, and must be done by the time the
     mount says it is ready, or the first reads after a mount are the slow kind."""
-    import pytest
-
     from mount.runner import READ_AHEAD_KB
 
-    if os.getuid() != 0:
-        pytest.skip("only root may change a mount's read-ahead")
+    needs.need_root("only root may change a mount's read-ahead")
     device = None
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         for line in f:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tests import needs
 from tests.mount_helpers import diff_snapshots, drop_cache, snapshot
 
 pytestmark = pytest.mark.mount
@@ -25,9 +26,7 @@ MiB = 1 << 20
 
 
 def need(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (packaging/install-deps.sh --test installs it)")
+    needs.need_tool(*tools)
 
 
 def run(cmd: list[str], cwd: str | None = None, env: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import pytest
 
 import nexusfs
+from tests import needs
 from tests.install_helpers import REPO
-from tests.mountutil import _is_mounted, force_unmount, fuse_usable, wait_until
+from tests.mountutil import _is_mounted, force_unmount, wait_until
 
 README = os.path.join(REPO, "README.md")
 VENV_BIN = os.path.dirname(sys.executable)
@@ -371,8 +372,8 @@ def test_readme_block_runs_as_written(block: Block, tmp_path):
     scenario = SCENARIOS.get(block.section, in_home)
     needs_mount = block.lang == "sh" and any("mount" in c.text or ".search" in c.text
                                              for c in sh_commands(block))
-    if needs_mount and fuse_usable():
-        pytest.skip(f"no FUSE here: {fuse_usable()}")
+    if needs_mount:
+        needs.need_mount()
     with scenario(env) as cwd:
         if block.lang == "python":
             run_python_block(block, PYTHON_READER.get(block.section, ""), env, cwd)

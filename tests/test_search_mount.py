@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 import stat
 import subprocess
 import time
@@ -22,8 +21,9 @@ from urllib.parse import unquote
 
 import pytest
 
+from tests import needs
 from tests.mount_helpers import as_user, errno_of
-from tests.mountutil import MountedStore, fuse_usable, wait_until
+from tests.mountutil import MountedStore, wait_until
 from tests.search_helpers import (
     C_ENV,
     describe_diff,
@@ -76,9 +76,6 @@ EXTRA = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """(mounted lib directory, local copy)."""
-    problem = fuse_usable()
-    if problem:
-        pytest.skip(f"no FUSE here: {problem}")
     base = tmp_path_factory.mktemp("search-mount")
     os.chmod(base, 0o755)
     local = str(base / "local")
@@ -234,10 +231,10 @@ def test_tools_never_enter_search(corpus, tmp_path):
         over_mount = gnu_grep(d, pattern)
         assert over_mount == theirs, describe_diff(over_mount, theirs)
     # rsync -a copies the tree and nothing else
-    if shutil.which("rsync"):
-        dst = str(tmp_path / "copy")
-        subprocess.run(["rsync", "-a", os.path.join(d, "email") + "/", dst + "/"], check=True, capture_output=True)
-        assert _find(dst) == _find(os.path.join(local, "email"))
+    rsync = needs.need_tool("rsync")
+    dst = str(tmp_path / "copy")
+    subprocess.run([rsync, "-a", os.path.join(d, "email") + "/", dst + "/"], check=True, capture_output=True)
+    assert _find(dst) == _find(os.path.join(local, "email"))
 
 
 def test_directory_listings_are_unchanged(corpus):
@@ -436,7 +433,7 @@ def test_permission_filtering(mdir):
 
 
 def test_semantic_results(mdir):
-    pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+    needs.need_semantic()
     docs = {
         "notes/bread.md": "# Bread\n\nKnead the dough, let it rise, and bake it in a hot oven until golden.\n",
         "notes/bikes.md": "# Bicycles\n\nPump the tyres, oil the chain and check the brake pads before a ride.\n",
@@ -453,8 +450,7 @@ def test_semantic_results(mdir):
     assert wait_until(ready, timeout=60, interval=0.3), "the mount's indexer did not catch up"
     data = results(mdir, "semantic", query).decode()
     lines = data.splitlines()
-    if not lines:
-        pytest.skip("the mount has no semantic index (embedder unavailable)")
+    assert lines, "the mount's semantic search found nothing: its indexer made no chunks (see the mount log)"
     line = re.compile(r"^(\d\.\d{3}) (\S+):(\d+)-(\d+)  (.+)$")
     parsed = [line.match(ln) for ln in lines]
     assert all(parsed), lines
@@ -468,8 +464,7 @@ def test_semantic_results(mdir):
 
 
 def test_git_does_not_see_search(mdir):
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+    needs.need_tool("git")
     env = dict(C_ENV, HOME=mdir, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@e",
                GIT_COMMITTER_NAME="T", GIT_COMMITTER_EMAIL="t@e")
     repo = os.path.join(mdir, "repo")

@@ -11,8 +11,14 @@ import pytest
 
 from nexusfs.search.grep import GrepOptions, compile_pattern, line_matcher, translate_gnu
 from nexusfs.search.prefilter import content_filter
+from tests import needs
 
-pytest.importorskip("re2", reason="google-re2 is not installed")
+
+@pytest.fixture(autouse=True)
+def _re2():
+    """google-re2 is a declared dependency: without it each test fails (skips only if opted out)."""
+    needs.need_module("deps", "re2")
+
 
 CONTENTS = [
     b"",

@@ -10,9 +10,7 @@ import re
 import pytest
 
 import nexusfs
-from tests.search_helpers import STORE_SETTINGS, NexusCli, indexed_semantic_store
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+from tests.search_helpers import STORE_SETTINGS, NexusCli, indexed_semantic_store, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 EMAIL = b"Subject: quarterly budget meeting\n\nHi team,\nthe budget review moves to Thursday.\n"
 OTHER = {

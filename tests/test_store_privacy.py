@@ -19,13 +19,14 @@ from click.testing import CliRunner
 
 import nexusfs
 from nexusfs.cli import cli
+from tests import needs
 from tests.mount_helpers import NOBODY, as_user
-from tests.mountutil import force_unmount, fuse_usable
+from tests.mountutil import assert_clean_log, force_unmount
 
 NEXUS = os.path.join(os.path.dirname(sys.executable), "nexus")
 SECRET = b"SECRET-4711 the launch codes"
 
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root")
+needs_root = needs.root_only("switching to another user needs root")
 
 
 def run_nexus(*args: str, umask: int | None = None, env: dict[str, str] | None = None,
@@ -235,11 +236,7 @@ def test_root_may_open_another_users_store(public_tmp):
 
 
 # ------------------------------------------------------------------ the mount
-needs_fuse = pytest.mark.skipif(fuse_usable() is not None, reason=f"no FUSE here: {fuse_usable()}")
-
-
-@pytest.mark.mount
-@needs_fuse
+@pytest.mark.mount  # guarded by tests/needs.py need_mount (conftest)
 def test_a_mounted_store_is_private_whatever_the_umask(tmp_path):
     home, mnt = str(tmp_path / "store"), tmp_path / "mnt"
     mnt.mkdir()
@@ -254,11 +251,11 @@ def test_a_mounted_store_is_private_whatever_the_umask(tmp_path):
         res = run_nexus("umount", str(mnt))
         force_unmount(str(mnt))
     assert res.returncode == 0, res.stderr
+    assert_clean_log(os.path.join(home, "mount.log"))
     assert loose_paths(home) == []
 
 
-@pytest.mark.mount
-@needs_fuse
+@pytest.mark.mount  # guarded by tests/needs.py need_mount (conftest)
 @pytest.mark.parametrize("background", [True, False], ids=["background", "foreground"])
 def test_mount_with_nexus_home_naming_a_file_is_one_sentence(tmp_path, background):
     a_file, mnt = tmp_path / "not-a-dir", tmp_path / "mnt"

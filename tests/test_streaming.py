@@ -179,3 +179,93 @@ def test_appending_to_a_big_file_streams_too(nx, mode):
             f.write(c)
             h.update(c)
     assert stream_read(nx, "/grow.bin")[0] == h.hexdigest()
+
+
+# ------------------------------------------------------- peak RSS at the default block size
+# tracemalloc sees Python's allocations only: the VFS's full-block buffers (BufferPool) are
+# anonymous memory maps, and blocks above 128 KiB (the default 4 MiB among them) live there.
+# So a child process streams at the default block size, and the kernel's own peak of its
+# resident memory (VmHWM, reset between phases through /proc/self/clear_refs) is the measure.
+def _proc_status(key: str) -> int:
+    """A size from /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # VmHWM := VmRSS
+
+
+def rss_child(home: str, total: str, cache_size: str, dirty_limit: str) -> None:
+    """In the child process: stream ``total`` bytes in and out of a store at the default
+    block size; print what the store was set to and how far its resident memory grew."""
+    import json
+
+    import nexusfs
+
+    with nexusfs.connect(home, cache_size=int(cache_size), dirty_limit=int(dirty_limit), semantic=False,
+                         background_indexing=False) as nx:
+        vfs, config = nx.store.vfs, nx.store.config
+        # warm up: threads, imports and the allocator's arenas exist before the measuring
+        warm = stream_write(nx, "/warm", seed=0, total=16 * MiB)
+        assert stream_read(nx, "/warm")[0] == warm
+        out = {"block_size": vfs.block_size, "pool_keep": vfs.pool.keep, "threads": config.threads,
+               "readahead_blocks": vfs.readahead_blocks, "cache_size": config.cache_size,
+               "dirty_limit": config.dirty_limit}
+        _reset_peak()
+        out["write_base"] = _proc_status("VmRSS")
+        wrote = stream_write(nx, "/big", seed=1, total=int(total))
+        out["write_peak"] = _proc_status("VmHWM")
+        _reset_peak()
+        out["read_base"] = _proc_status("VmRSS")
+        out["digests_match"] = stream_read(nx, "/big", size=MiB) == (wrote, int(total))
+        out["read_peak"] = _proc_status("VmHWM")
+    print(json.dumps(out))
+
+
+#: how much the child streams: several times the memory bound below
+RSS_STREAM = 384 * MiB
+#: smaller than the defaults (512 MiB cache, 256 MiB dirty limit) so that the stream is
+#: several times what the store may hold: with the defaults, buffers kept for the whole
+#: stream would still fit in the promise
+RSS_CACHE, RSS_DIRTY = 32 * MiB, 32 * MiB
+#: Python objects, allocator arenas and page-rounding the formula below does not count
+RSS_SLACK = 32 * MiB
+
+
+def test_peak_rss_at_the_default_block_size_is_what_the_config_promises(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from nexusfs.config import Config
+
+    assert Config().block_size > 128 * 1024  # above malloc's mmap threshold: tracemalloc is blind
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = "import sys; from tests.test_streaming import rss_child; rss_child(*sys.argv[1:])"
+    res = subprocess.run([sys.executable, "-c", child, str(tmp_path / "store"), str(RSS_STREAM),
+                          str(RSS_CACHE), str(RSS_DIRTY)], capture_output=True, text=True, timeout=600,
+                         cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout.splitlines()[-1])
+    assert m["block_size"] == Config().block_size == 4 * MiB and m["digests_match"]
+    assert (m["cache_size"], m["dirty_limit"]) == (RSS_CACHE, RSS_DIRTY)
+    bs = m["block_size"]
+    # What the store may hold at once, from its settings: the block cache (cache_size), the
+    # dirty blocks waiting for upload (dirty_limit, in pool buffers), the free buffers the
+    # pool keeps for reuse (pool.keep blocks), one block per I/O thread being hashed,
+    # compressed or decompressed, and the blocks read ahead.
+    bound = (m["cache_size"] + m["dirty_limit"] + m["pool_keep"] * bs + m["threads"] * bs
+             + m["readahead_blocks"] * bs + RSS_SLACK)
+    assert RSS_STREAM >= 2 * bound  # a store keeping what it streamed could not pass
+    print(f"peak RSS growth: write {(m['write_peak'] - m['write_base']) // MiB} MiB, read "
+          f"{(m['read_peak'] - m['read_base']) // MiB} MiB; bound {bound // MiB} MiB")
+    for phase in ("write", "read"):
+        grew = m[f"{phase}_peak"] - m[f"{phase}_base"]
+        assert grew < bound, (f"{phase} of {RSS_STREAM // MiB} MiB at {bs // MiB} MiB blocks: resident memory "
+                              f"grew {grew / MiB:.0f} MiB, over the {bound / MiB:.0f} MiB the settings allow ({m})")

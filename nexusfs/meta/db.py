@@ -298,7 +298,9 @@ class SQLiteDatabase(Database):
             self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
         except apsw.NotADBError:
             raise StoreError(f"{path} is not a nexusfs metadata database") from None
-        self.vector_search = self._load_sqlite_vec()
+        #: why vector search is not available here (None: sqlite-vec is loaded)
+        self.vector_search_problem = self._load_sqlite_vec()
+        self.vector_search = self.vector_search_problem is None
 
     def _busy(self, prior_calls: int) -> bool:
         """Another connection holds the write lock: wait a little and try again (until the
@@ -312,20 +314,22 @@ class SQLiteDatabase(Database):
         time.sleep(0.0002 if prior_calls < 50 else 0.002)
         return True
 
-    def _load_sqlite_vec(self) -> bool:
-        """Load the sqlite-vec extension (vector tables for semantic search) if installed."""
+    def _load_sqlite_vec(self) -> str | None:
+        """Load the sqlite-vec extension (vector tables for semantic search); None once
+        loaded, else why it could not be (semantic queries are then ranked by their words
+        alone, and the store says so: see ``Store.open`` and ``IndexStatus.note``)."""
         try:
             import sqlite_vec
-        except ImportError:
-            return False
+        except ImportError as exc:
+            return f"the sqlite-vec package is not installed (pip install sqlite-vec): {exc}"
         try:
             self.conn.enable_load_extension(True)
             self.conn.load_extension(sqlite_vec.loadable_path())
-        except self._apsw.Error:
-            return False
+        except self._apsw.Error as exc:
+            return f"sqlite-vec does not load into SQLite: {exc}"
         finally:
             self.conn.enable_load_extension(False)
-        return True
+        return None
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Iterator[Row]:
         try:

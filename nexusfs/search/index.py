@@ -99,6 +99,9 @@ class SearchIndex:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.vector_search = bool(getattr(db, "vector_search", False))
+        #: why there is no vector search (sqlite-vec missing or not loading), if there is none
+        self.vector_problem: str | None = (
+            None if self.vector_search else getattr(db, "vector_search_problem", None) or "no vector search")
         self._dim: int | None = None
         self._tables_seen = False  # the full-text tables exist (they are never dropped)
         self._vocab_ready = False

@@ -244,6 +244,8 @@ class Searcher:
         return self._note()
 
     def _note(self) -> str | None:
+        if self.semantic and self.index.vector_problem:
+            return f"semantic search is off: {self.index.vector_problem}"
         return embedder_note(self._record, self.embedder_name) or self._model_error
 
     def status(self) -> IndexStatus:

@@ -19,7 +19,7 @@ SCRIPT = os.path.join(REPO, "packaging", "install-deps.sh")
 #: the commands the script runs or looks for (bash and python3 run it; the rest it checks)
 COMMANDS = ["bash", "python3", "pkg-config", "gcc", "fusermount3", "git", "rsync", "tar", "make",
             "getfattr", "setfattr", "getfacl", "setfacl", "rg", "fuser", "ps", "pkill", "mount",
-            "script"]
+            "script", "strace"]
 
 
 def fake_system(tmp_path, without: tuple[str, ...] = ()) -> dict[str, str]:

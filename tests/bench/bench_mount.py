@@ -236,10 +236,10 @@ class LocalTarget(Target):
 class NexusTarget(Target):
     name = "nexusfs"
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, settings: dict[str, object] | None = None) -> None:
         super().__init__(base)
         self.store = MountedStore(os.path.join(self.base, "home"), os.path.join(self.base, "mnt"),
-                                  log_path=os.path.join(self.base, "mount.log"))
+                                  settings=settings, log_path=os.path.join(self.base, "mount.log"))
 
     @property
     def root(self) -> str:

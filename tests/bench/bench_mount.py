@@ -52,6 +52,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from tests.bench import quiet  # noqa: E402
 from tests.mountutil import MountedStore, force_unmount, fuse_usable  # noqa: E402
 
 MiB = 1 << 20
@@ -62,7 +63,9 @@ LABELS = {"local": "local disk", "nexusfs": "nexusfs", "juicefs": "JuiceFS"}
 #: metric key -> (row label, unit, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
     "write_mibs": ("sequential write", "MiB/s", True),
+    "fio_write_mibs": ("sequential write, fio (same turn)", "MiB/s", True),
     "read_mibs": ("sequential read (cold cache)", "MiB/s", True),
+    "fio_read_mibs": ("sequential read, fio (cold cache, same turn)", "MiB/s", True),
     "create_ops": ("create empty files", "files/s", True),
     "stat_ops": ("stat (right after create)", "stats/s", True),
     "stat_cold_ops": ("stat (cold dentry/inode cache)", "stats/s", True),
@@ -70,7 +73,7 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "tar_s": ("tar -xf stdlib sources", "s", False),
     "tar_files_s": ("tar -xf stdlib sources", "files/s", True),
 }
-THROUGHPUT = ("write_mibs", "read_mibs")
+THROUGHPUT = ("write_mibs", "fio_write_mibs", "read_mibs", "fio_read_mibs")
 METADATA = ("create_ops", "stat_ops", "stat_cold_ops", "unlink_ops")
 TAR = ("tar_s", "tar_files_s")
 
@@ -345,6 +348,11 @@ class JuiceTarget(Target):
         return self._pids[-1] if self._pids else None
 
 
+def _fuse_mounts() -> list[str]:
+    with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+        return [p[1] for p in (line.split() for line in f) if len(p) > 2 and "fuse" in p[2]]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
@@ -367,12 +375,19 @@ def stamp_data(buf: bytearray, rep: int) -> None:
 
 #: quiet time before each timed workload, after a sync
 SETTLE_S = 2.0
+#: then wait (at most QUIET_TIMEOUT_S) until the CPUs were this idle over 1 s
+MIN_IDLE = 0.9
+QUIET_TIMEOUT_S = 60.0
 
 
-def settle() -> None:
-    """Let the previous workload's writeback and background work end before timing the next."""
+def settle(record: list[dict[str, float | bool]] | None = None) -> None:
+    """Let the previous workload's writeback and background work end before timing the next:
+    sync, 2 s, then wait for a quiet CPU (/proc/stat); what was seen goes to ``record``."""
     os.sync()
     time.sleep(SETTLE_S)
+    seen = quiet.wait_quiet(MIN_IDLE, QUIET_TIMEOUT_S)
+    if record is not None:
+        record.append(seen)
 
 
 def seq_write(path: str, buf: bytearray) -> float:
@@ -663,6 +678,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="sample the nexusfs mount with py-spy during each phase; write stacks here")
     ap.add_argument("--skip", default="", help="comma-separated workloads to skip: seq,meta,tar")
+    ap.add_argument("--min-idle", type=float, default=MIN_IDLE,
+                    help="CPU idle share (1 s window) to wait for before each timed phase (default 0.9)")
+    ap.add_argument("--quiet-timeout", type=float, default=QUIET_TIMEOUT_S,
+                    help="seconds to wait for that at most; the idle seen is recorded (default 60)")
     args = ap.parse_args(argv)
     args.targets = [t.strip() for t in args.only.split(",") if t.strip()]
     bad = [t for t in args.targets if t not in ALL_TARGETS]
@@ -690,32 +709,50 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         notes.append("not root: page cache not dropped, reads and 'stat (cold)' are warm or skipped")
 
+    global MIN_IDLE, QUIET_TIMEOUT_S
+    MIN_IDLE, QUIET_TIMEOUT_S = args.min_idle, args.quiet_timeout
+    fio = quiet.find_fio() if "seq" not in args.skip else None
+    if "seq" not in args.skip and not fio:
+        notes.append("fio is not installed (apt-get install fio): no fio figures beside the harness's")
     base = tempfile.mkdtemp(prefix="nexusfs-bench-", dir=args.tmp)
     machine = machine_info(base)
+    machine["fio"] = tool_version([fio, "--version"]) if fio else "not installed"
     results: dict[str, dict[str, list[float]]] = {t: defaultdict(list) for t in args.targets}
-    objs: dict[str, Target] = {}
+    quiets: list[dict[str, float | bool]] = []
     prof = Profiler(args.profile)
     interrupted = False
+    if "juicefs" in targets and not jfs_bin:
+        targets.remove("juicefs")
+    turn_no = 0
+    current: list[Target] = []
+
+    def fresh(t: str) -> Target:
+        """A new, empty store for ``t`` in its own directory, started; nothing else is mounted."""
+        nonlocal turn_no
+        turn_no += 1
+        tb = os.path.join(base, f"turn-{turn_no:04d}")
+        left = [m for m in _fuse_mounts() if m.startswith(base)]
+        if left:
+            raise RuntimeError(f"mounts still up before {LABELS[t]}'s turn: {left}")
+        obj: Target
+        if t == "local":
+            obj = LocalTarget(tb)
+        elif t == "nexusfs":
+            obj = NexusTarget(tb)
+        else:
+            assert jfs_bin
+            obj = JuiceTarget(tb, jfs_bin)
+        current.append(obj)
+        obj.start()
+        return obj
+
+    def done(obj: Target) -> None:
+        current.remove(obj)
+        obj.stop()
+        if not [m for m in _fuse_mounts() if m.startswith(obj.base)]:
+            shutil.rmtree(os.path.dirname(obj.base), ignore_errors=True)
+
     try:
-        for t in targets:
-            obj: Target
-            if t == "local":
-                obj = LocalTarget(base)
-            elif t == "nexusfs":
-                obj = NexusTarget(base)
-            else:
-                if not jfs_bin:
-                    continue
-                obj = JuiceTarget(base, jfs_bin)
-            log(f"starting {LABELS[t]} in {obj.base}")
-            try:
-                obj.start()
-            except Exception as exc:  # noqa: BLE001 - report and go on with the others
-                notes.append(f"{LABELS[t]} could not start: {exc}")
-                log(f"error: {LABELS[t]} could not start: {exc}")
-                obj.stop()
-                continue
-            objs[t] = obj
         tar_path, tar_files, tar_bytes = ("", 0, 0)
         if "tar" not in args.skip:
             tar_path, tar_files, tar_bytes = build_tarball(base)
@@ -724,63 +761,111 @@ def main(argv: list[str] | None = None) -> int:
                     pass
         data = make_data(args.size_mib) if "seq" not in args.skip else bytearray()
 
-        def prof_run(t: str, label: str, fn: Callable[[], object]) -> object:
-            return prof.run(objs[t].pid() if t == "nexusfs" else None, label, fn)
+        def prof_run(t: str, obj: Target, label: str, fn: Callable[[], object]) -> object:
+            return prof.run(obj.pid() if t == "nexusfs" else None, label, fn)
+
+        def turn(t: str, work: Callable[[Target], None]) -> None:
+            """One target's turn at one workload: alone, on a fresh store, started and stopped here."""
+            try:
+                obj = fresh(t)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                notes.append(f"{LABELS[t]} could not start: {exc}")
+                log(f"error: {LABELS[t]} could not start: {exc}")
+                for o in list(current):
+                    done(o)
+                return
+            try:
+                work(obj)
+            finally:
+                done(obj)
 
         for rep in range(args.repeat):
             log(f"--- repeat {rep + 1}/{args.repeat}")
-            # each repeat starts with another target, so none always runs right after a
-            # peer's background work (JuiceFS deletes a removed tree's chunks after rmtree)
-            items = list(objs.items())
-            order = items[rep % len(items):] + items[: rep % len(items)] if items else []
+            # each repeat starts with another target
+            order = targets[rep % len(targets):] + targets[: rep % len(targets)] if targets else []
             if "seq" not in args.skip:
                 stamp_data(data, rep)
-                for t, obj in order:
+
+                def seq(obj: Target, t: str = "", rep: int = rep) -> None:
                     path = os.path.join(obj.root, f"seq-{rep}.bin")
-                    settle()
-                    secs = prof_run(t, "write", lambda p=path: seq_write(p, data))
+                    settle(quiets)
+                    secs = prof_run(t, obj, "write", lambda p=path: seq_write(p, data))
                     results[t]["write_mibs"].append(args.size_mib / secs)
                     obj.cycle()
                     drop_caches()
-                    secs = prof_run(t, "read", lambda p=path: seq_read(p, data))
+                    settle(quiets)
+                    drop_caches()
+                    secs = prof_run(t, obj, "read", lambda p=path: seq_read(p, data))
                     results[t]["read_mibs"].append(args.size_mib / secs)
                     os.unlink(path)
-                    log(f"{LABELS[t]:>10}: write {results[t]['write_mibs'][-1]:7.1f} MiB/s, "
-                        f"read {results[t]['read_mibs'][-1]:7.1f} MiB/s")
+                    msg = (f"{LABELS[t]:>10}: write {results[t]['write_mibs'][-1]:7.1f} MiB/s, "
+                           f"read {results[t]['read_mibs'][-1]:7.1f} MiB/s")
+                    if fio:
+                        # fio beside the harness, same mount, same size: unique data, fsync at the end
+                        fpath = os.path.join(obj.root, f"fio-{rep}.bin")
+                        settle(quiets)
+                        out, _ = quiet.run_fio(fio, quiet.fio_args(fpath, "write", size=f"{args.size_mib}M",
+                                                                   refill=True))
+                        results[t]["fio_write_mibs"].append(out["write"]["mibs"])
+                        obj.cycle()
+                        drop_caches()
+                        settle(quiets)
+                        drop_caches()
+                        out, _ = quiet.run_fio(fio, quiet.fio_args(fpath, "read", size=f"{args.size_mib}M"))
+                        results[t]["fio_read_mibs"].append(out["read"]["mibs"])
+                        os.unlink(fpath)
+                        msg += (f"; fio write {results[t]['fio_write_mibs'][-1]:7.1f} MiB/s, "
+                                f"read {results[t]['fio_read_mibs'][-1]:7.1f} MiB/s")
+                    log(msg)
+
+                for t in order:
+                    turn(t, lambda obj, t=t: seq(obj, t))
             if "meta" not in args.skip:
-                for t, obj in order:
+                def meta(obj: Target, t: str = "", rep: int = rep) -> None:
                     d = os.path.join(obj.root, f"meta-{rep}")
-                    settle()
-                    r = prof_run(t, "meta", lambda d=d: meta_ops(d, args.files, cold_ok=True))
+                    settle(quiets)
+                    r = prof_run(t, obj, "meta", lambda d=d: meta_ops(d, args.files, cold_ok=True))
                     assert isinstance(r, dict)
                     for k, v in r.items():
                         results[t][k].append(v)
                     log(f"{LABELS[t]:>10}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r.items()))
+
+                for t in order:
+                    turn(t, lambda obj, t=t: meta(obj, t))
             if "tar" not in args.skip:
-                for t, obj in order:
+                def tar(obj: Target, t: str = "", rep: int = rep) -> None:
                     d = os.path.join(obj.root, f"tar-{rep}")
-                    settle()
-                    secs = prof_run(t, "tar", lambda d=d: tar_extract(tar_path, d))
+                    settle(quiets)
+                    secs = prof_run(t, obj, "tar", lambda d=d: tar_extract(tar_path, d))
                     assert isinstance(secs, float)
                     results[t]["tar_s"].append(secs)
                     results[t]["tar_files_s"].append(tar_files / secs)
                     log(f"{LABELS[t]:>10}: tar -xf {secs:.2f} s, {tar_files / secs:,.0f} files/s")
-                    shutil.rmtree(d)
+
+                for t in order:
+                    turn(t, lambda obj, t=t: tar(obj, t))
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: partial results")
     finally:
-        for t, obj in objs.items():
+        for obj in list(current):
             try:
-                obj.stop()
+                done(obj)
             except Exception as exc:  # noqa: BLE001
-                log(f"warning: stopping {LABELS[t]} failed: {exc}")
+                log(f"warning: stopping {LABELS[obj.name]} failed: {exc}")
         leftovers = [line for line in open("/proc/mounts", encoding="utf-8") if base in line]
         if leftovers:
             log(f"warning: mounts left under {base}: {leftovers}")
         else:
             shutil.rmtree(base, ignore_errors=True)
 
+    if quiets:
+        idles = [q["idle"] for q in quiets]
+        loud = sum(1 for q in quiets if not q["quiet"])
+        notes.append(f"each target ran alone, on a fresh store, in its own turn; before each timed phase the CPU "
+                     f"was {statistics.median(idles):.0%} idle (median; min {min(idles):.0%}, 1 s windows), "
+                     f"{loud} of {len(idles)} phases started below {MIN_IDLE:.0%} idle after waiting "
+                     f"{QUIET_TIMEOUT_S:g} s")
     if "meta" not in args.skip and not any(results[t].get("stat_cold_ops") for t in results):
         notes.append("'stat (cold)' needs root (drop_caches): not measured")
     if "tar" not in args.skip:
@@ -797,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels": LABELS,
         "metrics": {k: {"label": v[0], "unit": v[1], "higher_is_better": v[2]} for k, v in METRICS.items()},
         "results": {t: dict(v) for t, v in results.items()},
+        "quiet": quiets,
         "notes": notes,
     }
     text = render(payload)

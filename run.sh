@@ -67,6 +67,7 @@ case "$cmd" in
     ;;
   bench)
     setup --test
+    packaging/install-deps.sh --bench  # fio, run beside the benchmarks' own figures
     installed bench || { packaging/venv-install.sh --editable --no-compile "$VENV" . bench &&
                          touch "$VENV/.installed-bench"; }
     exec "$VENV/bin/python" tests/bench/run_all.py "$@"

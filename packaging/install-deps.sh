@@ -2,14 +2,18 @@
 # Install the Debian/Ubuntu packages nexusfs needs.
 #   packaging/install-deps.sh          what `nexus mount` needs (FUSE, a compiler for pyfuse3)
 #   packaging/install-deps.sh --test   also the tools the test suite runs on the mount
+#   packaging/install-deps.sh --bench  also what the benchmarks run beside the mount (fio)
 # As root it installs them with apt-get; otherwise it uses `sudo -n` if that works,
 # and else prints the one command to run. Elsewhere (no dpkg) it checks that what they
 # provide is there, and fails naming the missing ones.
 set -euo pipefail
 
 pkgs=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   pkgs+=(git rsync tar make attr acl ripgrep psmisc procps util-linux strace)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+  pkgs+=(fio)
 fi
 
 # elsewhere: whether each package is there is judged by what it provides (a command, a

@@ -59,6 +59,14 @@ def test_a_missing_test_tool_fails_in_one_line_naming_its_package(tmp_path, miss
     assert run_script(env).returncode == 0
 
 
+def test_bench_also_needs_fio(tmp_path):
+    env = fake_system(tmp_path)  # everything the tests need, and no fio
+    assert run_script(env, "--test").returncode == 0
+    r = run_script(env, "--bench")
+    assert r.returncode == 1
+    assert r.stderr.rstrip("\n").split(": ")[-1].split() == ["fio"]
+
+
 def test_a_missing_fuse_fails_also_without_test(tmp_path):
     r = run_script(fake_system(tmp_path, without=("fusermount3", "rsync")))
     assert r.returncode == 1

@@ -5,6 +5,9 @@ Runs, each as a subprocess:
 
 * ``tests/bench/bench_mount.py`` — local disk vs nexusfs vs JuiceFS through
   real mounts (sequential write/read, create/stat/unlink, tar -xf);
+* ``tests/bench/bench_workloads.py`` — real workloads on nexusfs / JuiceFS / local disk
+  (append+fsync, SQLite, git, ``ls -l``, small files, fio), bytes stored after each
+  (``--workloads-quick`` for a smoke run, ``--skip-workloads`` to leave it out);
 * ``tests/bench/bench_api.py`` — the engine's Python API, if that script exists;
 * ``tests/bench/bench_search.py`` — grep, semantic search and glob on copies of CPython's
   ``Lib/`` beside rg and grep: ``--search-copies`` copies (default 5, ~9.5k files, with the
@@ -16,7 +19,8 @@ Then writes to ``--out`` (default ``bench-results/`` at the repo root):
   ratios against the goals, the API benchmark's output, notes;
 * ``throughput.png`` (MiB/s), ``metadata.png`` (operations/s, log scale) and
   ``extract.png`` (tar -xf files/s): grouped bars per target, whiskers = min–max;
-* ``mount.json`` / ``mount.txt`` and the raw output of every script.
+* ``mount.json`` / ``mount.txt``, ``workloads/workloads.json`` / ``.md`` and the raw
+  output of every script.
 
 ``./run.sh bench`` calls this script. Options other than those below are passed
 to bench_mount.py unchanged (e.g. ``--profile DIR``, ``--tmp DIR``).
@@ -202,7 +206,8 @@ def embed_output(text: str) -> str:
 
 def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, api: tuple[int, str, float] | None,
                  charts: list[tuple[str, str]], extra_versions: dict[str, str],
-                 search: tuple[int, str, float] | None = None) -> str:
+                 search: tuple[int, str, float] | None = None,
+                 workloads: tuple[int, str, float] | None = None) -> str:
     lines = ["# nexusfs benchmark results", ""]
     machine = dict(data["machine"]) if data else {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": str(os.cpu_count()),
@@ -220,8 +225,11 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
             "## Mounted filesystems: local disk vs nexusfs vs JuiceFS",
             "",
             f"`tests/bench/bench_mount.py`{f', {mount_secs:.1f} s' if mount_secs else ''}. Every cell is the median of {p['repeat']} runs "
-            "with the min–max in parentheses. Targets run interleaved within each repeat, each repeat "
-            "starting with the next target, and every timed workload starts after `sync` and 2 s of quiet. nexusfs runs with "
+            "with the min–max in parentheses. Each target runs each workload in its own turn, alone (no other "
+            "benchmark mount is up, so no other store's indexing or deletion runs beside it) on a fresh store; "
+            "each repeat starts with the next target, and every timed phase starts after `sync`, 2 s, and a "
+            "wait for an idle CPU (the idle seen is in the notes). The fio rows run fio in the same turn on "
+            "the same mount. nexusfs runs with "
             "default settings; JuiceFS uses sqlite3 metadata and a local `file` bucket with `--cache-dir` "
             "on the same disk.",
             "",
@@ -272,6 +280,7 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
     else:
         lines += ["## Mounted filesystems", "", f"bench_mount.py failed (exit status {mount_rc}); "
                   "see mount-output.txt.", ""]
+    lines += workloads_section(out, workloads)
     lines += ["## Engine API (`tests/bench/bench_api.py`)", ""]
     if api is None:
         present = os.path.exists(os.path.join(HERE, "bench_api.py"))
@@ -305,6 +314,27 @@ def write_report(out: str, data: dict | None, mount_rc: int, mount_secs: float, 
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(report)
     return report
+
+
+def workloads_section(out: str, workloads: tuple[int, str, float] | None) -> list[str]:
+    """The real-workload table (bench_workloads.py), or why it is missing."""
+    lines = ["## Real workloads (`tests/bench/bench_workloads.py`)", ""]
+    if workloads is None:
+        present = os.path.exists(os.path.join(HERE, "bench_workloads.py"))
+        return lines + ["Not run this time." if present else "bench_workloads.py is not present: skipped.", ""]
+    rc, text, secs = workloads
+    md = os.path.join(out, "workloads", "workloads.md")
+    body = text
+    if os.path.exists(md):
+        with open(md, encoding="utf-8") as f:
+            body = f.read()
+    if secs or rc:
+        lines += [(f"Ran in {secs / 60:.1f} min" if secs else "Exit status") +
+                  ("." if rc == 0 else f" — **exit status {rc}** (some turns failed: see the notes)."), ""]
+    lines += [embed_output(body) if body.strip() else "(no output)", "",
+              "- [workloads/workloads.json](workloads/workloads.json) (every sample, the CPU idle before "
+              "each timed phase); [workloads-output.txt](workloads-output.txt)", ""]
+    return lines
 
 
 def search_section(out: str, search: tuple[int, str, float] | None) -> list[str]:
@@ -353,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=None, help="runs of each measurement (default: each script's)")
     ap.add_argument("--skip-mount", action="store_true", help="do not run bench_mount.py")
     ap.add_argument("--skip-api", action="store_true", help="do not run bench_api.py")
+    ap.add_argument("--skip-workloads", action="store_true", help="do not run bench_workloads.py")
+    ap.add_argument("--workloads-quick", action="store_true",
+                    help="bench_workloads.py --quick: small sizes, one repeat (a smoke run)")
     ap.add_argument("--skip-search", action="store_true", help="do not run bench_search.py")
     ap.add_argument("--search-copies", type=int, default=5,
                     help="copies of CPython's Lib/ in the search corpus (default 5: ~9.5k files)")
@@ -376,6 +409,20 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(json_path) and not args.skip_mount:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
+
+    workloads = None
+    wl_script = os.path.join(HERE, "bench_workloads.py")
+    wl_dir = os.path.join(out, "workloads")
+    if os.path.exists(wl_script) and not args.skip_workloads and not args.charts_only:
+        cmd = [sys.executable, wl_script, "--out", wl_dir]
+        if args.workloads_quick:
+            cmd.append("--quick")
+        if args.repeat:
+            cmd += ["--repeat", str(args.repeat)]
+        cmd += shared_options(passthrough, "--tmp")
+        workloads = run_script(cmd, os.path.join(out, "workloads-output.txt"))
+    elif args.charts_only and os.path.exists(os.path.join(wl_dir, "workloads.md")):
+        workloads = (0, "", 0.0)
 
     api = None
     api_script = os.path.join(HERE, "bench_api.py")
@@ -414,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             charts = make_charts(data, out)
         except ImportError:
             log("matplotlib is not installed (pip install matplotlib): no charts")
-    write_report(out, data, mount_rc, mount_secs, api, charts, _versions(), search)
+    write_report(out, data, mount_rc, mount_secs, api, charts, _versions(), search, workloads)
     log(f"\nwrote {os.path.join(out, 'results.md')}" + "".join(f", {c[0]}" for c in charts))
-    failed = mount_rc != 0 or (api is not None and api[0] != 0) or (search is not None and search[0] != 0)
+    failed = mount_rc != 0 or any(r is not None and r[0] != 0 for r in (api, search, workloads))
     return 1 if failed else 0
 
 

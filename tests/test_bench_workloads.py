@@ -144,6 +144,10 @@ def test_ratio_cell_direction_and_goal():
     assert fast.startswith("0.30 (3.33× as fast") and fast.endswith("✓")
     assert bw.ratio_cell("append_stored", res) == "67.00"  # bytes: a plain ratio, no goal
     assert bw.ratio_cell("sqlite_wal_s", res) == "–"
+    # files nexusfs keeps inline in its metadata count: the ratio of bytes stored is of both
+    res = {"nexusfs": {"small_stored": [0.0], "small_meta": [1.5]},
+           "juicefs": {"small_stored": [1.0], "small_meta": [1.0]}}
+    assert bw.ratio_cell("small_stored", res) == "0.75"
 
 
 def test_render_has_every_measured_row():
@@ -163,3 +167,5 @@ def test_render_has_every_measured_row():
                                "| 0.20 | 0.04 | 10.00")
     assert lines[2].startswith("|   bytes stored after it | MiB | 600 + 0.50 meta | – | – |")
     assert len(lines) == 3 and "note: n1" in text and "median 95%" in text
+    # 3.5 MB + 200 × 45 bytes written = 3.3465 MiB
+    assert "nexusfs stores 179.29× the bytes written in blobs, 179.44× with its metadata" in text

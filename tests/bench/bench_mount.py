@@ -893,12 +893,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"py-spy profiles of the nexusfs mount in {prof.outdir} (figures above are from profiled runs)\n")
         print(summary)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "mount.json"), "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        with open(os.path.join(args.out, "mount.txt"), "w", encoding="utf-8") as f:
-            f.write(text)
+        save(args.out, "mount", payload, text, ".txt")
     return 130 if interrupted else 0
+
+
+def save(outdir: str, stem: str, payload: dict, text: str, text_ext: str = ".md") -> None:
+    """Write OUTDIR/STEM.json (every sample) and the printed tables beside it."""
+    os.makedirs(outdir, exist_ok=True)
+    with open(os.path.join(outdir, stem + ".json"), "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(outdir, stem + text_ext), "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

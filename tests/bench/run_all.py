@@ -97,6 +97,14 @@ def shared_options(passthrough: list[str], help_text: str) -> list[str]:
     return out
 
 
+def bench_cmd(script: str, options: list[str], repeat: int | None, passthrough: list[str]) -> list[str]:
+    """The command running ``script`` with ``options``, --repeat if given and the --tmp passed through."""
+    cmd = [sys.executable, script, *options]
+    if repeat:
+        cmd += ["--repeat", str(repeat)]
+    return cmd + shared_options(passthrough, "--tmp")
+
+
 # --------------------------------------------------------------------- charts
 def _stats(data: dict, target: str, key: str) -> tuple[float, float, float] | None:
     samples = data["results"].get(target, {}).get(key)
@@ -415,12 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     wl_script = os.path.join(HERE, "bench_workloads.py")
     wl_dir = os.path.join(out, "workloads")
     if os.path.exists(wl_script) and not args.skip_workloads and not args.charts_only:
-        cmd = [sys.executable, wl_script, "--out", wl_dir]
-        if args.workloads_quick:
-            cmd.append("--quick")
-        if args.repeat:
-            cmd += ["--repeat", str(args.repeat)]
-        cmd += shared_options(passthrough, "--tmp")
+        cmd = bench_cmd(wl_script, ["--out", wl_dir] + (["--quick"] if args.workloads_quick else []),
+                        args.repeat, passthrough)
         workloads = run_script(cmd, os.path.join(out, "workloads-output.txt"))
     elif args.charts_only and os.path.exists(os.path.join(wl_dir, "workloads.md")):
         workloads = (0, "", 0.0)
@@ -444,14 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     search_script = os.path.join(HERE, "bench_search.py")
     search_dir = os.path.join(out, "search")
     if os.path.exists(search_script) and not args.skip_search and not args.charts_only:
-        cmd = [sys.executable, search_script, "--out", search_dir, "--unique"]
-        if args.full:
-            cmd += ["--copies", "53"]
-        else:
-            cmd += ["--copies", str(args.search_copies), "--unique-semantic-copies", "1"]
-        if args.repeat:
-            cmd += ["--repeat", str(args.repeat)]
-        cmd += shared_options(passthrough, "--tmp")
+        sizing = ["--copies", "53"] if args.full else ["--copies", str(args.search_copies),
+                                                        "--unique-semantic-copies", "1"]
+        cmd = bench_cmd(search_script, ["--out", search_dir, "--unique", *sizing], args.repeat, passthrough)
         search = run_script(cmd, os.path.join(out, "search-output.txt"))
     elif args.charts_only and os.path.exists(os.path.join(search_dir, "bench_search.md")):
         search = (0, "", 0.0)

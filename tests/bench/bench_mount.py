@@ -2,8 +2,15 @@
 """Side-by-side filesystem benchmark: local disk, a nexusfs mount and a JuiceFS mount.
 
 All targets run in ONE process run, interleaved repeat by repeat so that a noisy
-machine hurts them alike. Workloads (each repeated ``--repeat`` times; the
-median and the min-max are reported):
+machine hurts them alike. Each target runs each workload in its own *turn*: on a fresh
+store, mounted for that turn only, so no other mount's background work (nexusfs's
+indexer after ``tar -xf``, JuiceFS's deletions) runs beside it; every timed phase starts
+after ``sync``, 2 s and a wait (``--quiet-timeout``, default 60 s) for the CPUs to be
+``--min-idle`` (default 90%) idle over 1 s; the idle seen is recorded (JSON ``quiet``, a
+note). With fio installed, the sequential turn also runs fio (``--refill_buffers``,
+``--end_fsync=1``; then a cold read) on the same mount, quoted beside the harness's own
+figures. Workloads (each repeated ``--repeat`` times; the median and the min-max are
+reported):
 
 * sequential write of ``--size-mib`` MiB in 1 MiB blocks from a buffer in memory
   (incompressible, unique per block and per repeat; fsync and close are timed);

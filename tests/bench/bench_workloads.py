@@ -86,7 +86,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(appends=50, sqlite_tx=30, ls_files=1000, small_files=1000, fio_mib=32, fio_4k_mib=8)
+        return cls(appends=50, sqlite_tx=30, ls_files=1000, small_files=1000, fio_mib=64, fio_4k_mib=8)
 
 
 # --------------------------------------------------------------------- metrics

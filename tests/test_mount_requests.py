@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import subprocess
 
 import pytest
@@ -147,6 +148,29 @@ def test_unsupported_xattrs_are_not_supported_and_others_still_work(counting):
     os.setxattr(path, "user.k", b"v")
     assert os.getxattr(path, "user.k") == b"v"
     assert os.listxattr(path) == ["user.k"]
+
+
+@needs.root_only("setting security.capability")
+def test_capability_after_cached_misses_is_seen_and_cleared_by_a_write(counting):
+    """The mount remembers which files have no security.capability (the kernel asks before
+    every write()); setting one must be seen at once, and the next write() clears it (the
+    kernel removes it, as on any filesystem)."""
+    path = counting.path("capfile")
+    with open(path, "wb") as f:
+        f.write(b"a")
+        f.flush()
+        f.write(b"b")  # the second miss is answered from the cache
+    assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
+    # a version-2 capability set (magic, then permitted and inheritable, low and high words)
+    caps = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+    os.setxattr(path, "security.capability", caps)
+    assert os.getxattr(path, "security.capability") == caps
+    with open(path, "r+b") as f:
+        c = requests_during(counting, lambda: f.write(b"c") and f.flush())
+    assert c.get("removexattr") == 1, c
+    assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
+    os.setxattr(path, "security.capability", caps)
+    assert os.getxattr(path, "security.capability") == caps
 
 
 def test_counting_is_off_by_default(mnt):

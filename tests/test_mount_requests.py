@@ -99,6 +99,25 @@ def test_ls_l_costs_no_request_per_entry(counting, listed_dir, cache):
     assert others <= 10, f"ls -l of {ENTRIES} files sent {others} requests besides readdir: {c}"
 
 
+@pytest.mark.parametrize("cmd", [["ls", "-lR"], ["find", "-ls"], ["du", "-s"], ["tar", "cf", "/dev/null", "."]])
+def test_tree_walks_cost_requests_per_directory_not_per_file(counting, cmd):
+    """Recursive listings cost a few requests per directory (open, read, release; tar
+    also re-reads a directory's attributes, which reading it made the kernel forget), and
+    none per file."""
+    needs.need_tool(cmd[0])
+    tree = counting.path("tree-" + cmd[0])
+    dirs, files = 20, 30
+    os.mkdir(tree)
+    for i in range(dirs):
+        os.mkdir(os.path.join(tree, f"d{i}"))
+        for j in range(files):
+            with open(os.path.join(tree, f"d{i}", f"f{j}"), "wb") as f:
+                f.write(b"y")
+    drop_kernel_caches()
+    c = requests_during(counting, lambda: subprocess.run(cmd, cwd=tree, stdout=subprocess.DEVNULL, check=True))
+    assert total(c) <= 5 * (dirs + 1) + 10, f"{' '.join(cmd)} over {dirs * files} files sent {total(c)}: {c}"
+
+
 def test_stat_after_listing_is_answered_by_the_kernel(counting, listed_dir):
     """Attributes from readdirplus are cached: stat of every listed entry sends nothing."""
     names = os.listdir(listed_dir)

@@ -10,6 +10,10 @@ loop keeps answering other requests meanwhile.
 Every engine error becomes a FUSEError with its errno; anything unexpected is
 logged with its traceback and answered with EIO, so one bad request never
 takes the filesystem down.
+
+With NEXUSFS_COUNT_REQUESTS=1 in its environment the mount counts the requests it
+answers, by kind, and returns the counts (JSON) as the root's
+``user.nexusfs.requests`` attribute (tests/test_mount_requests.py uses it).
 """
 
 from __future__ import annotations

@@ -10,12 +10,17 @@ loop keeps answering other requests meanwhile.
 Every engine error becomes a FUSEError with its errno; anything unexpected is
 logged with its traceback and answered with EIO, so one bad request never
 takes the filesystem down.
+
+With NEXUSFS_COUNT_REQUESTS=1 in its environment the mount counts the requests it
+answers, by kind, and returns the counts (JSON) as the root's
+``user.nexusfs.requests`` attribute (tests/test_mount_requests.py uses it).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -65,6 +70,46 @@ def _translate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+#: xattr namespaces the engine stores (it refuses setxattr of any other, e.g. system.*)
+_XATTR_NAMESPACES = frozenset((b"user", b"trusted", b"security"))
+_SELINUX = b"security.selinux"
+_CAPS = b"security.capability"
+#: whether this host runs SELinux (then every file is expected to have a label)
+_SELINUX_ON = os.path.exists("/sys/fs/selinux/enforce")
+
+#: environment variable that turns on counting of kernel requests (for tests and profiling)
+COUNT_ENV = "NEXUSFS_COUNT_REQUESTS"
+#: xattr of the root directory that reads the counts (JSON), only while counting is on
+COUNTS_XATTR = b"user.nexusfs.requests"
+#: the request handlers that count (every pyfuse3 handler the kernel can reach)
+COUNTED = (
+    "access", "create", "flush", "forget", "fsync", "fsyncdir", "getattr", "getxattr", "link",
+    "listxattr", "lookup", "mkdir", "mknod", "open", "opendir", "read", "readdir", "readlink",
+    "release", "releasedir", "removexattr", "rename", "rmdir", "setattr", "setxattr", "statfs",
+    "symlink", "unlink", "write",
+)
+
+
+def _counting(counts: dict[str, int], name: str, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``fn`` that first counts one request of its kind (getxattr also by attribute name)."""
+    if name == "getxattr":
+
+        async def counted_xattr(inode: int, xname: bytes, ctx: Any) -> T:
+            if xname != COUNTS_XATTR:
+                counts[name] = counts.get(name, 0) + 1
+                key = "getxattr " + xname.decode(errors="replace")
+                counts[key] = counts.get(key, 0) + 1
+            return await fn(inode, xname, ctx)
+
+        return counted_xattr
+
+    async def counted(*args: Any, **kwargs: Any) -> T:
+        counts[name] = counts.get(name, 0) + 1
+        return await fn(*args, **kwargs)
+
+    return counted
+
+
 async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
@@ -102,6 +147,16 @@ class NexusOperations(pyfuse3.Operations):
         self._cached_version: dict[int, int] = {}
         #: a trio.Event the runner sets up inside trio.run, set once the kernel's INIT is answered
         self.handshake: Any = None
+        #: kernel requests answered, by kind (None: not counting; see COUNT_ENV). Counting
+        #: wraps the handlers of this instance only, so it costs nothing when off.
+        self.request_counts: dict[str, int] | None = None
+        #: inodes known to have no security.capability attribute (all xattr changes come
+        #: through this mount: the store is locked while mounted; forget drops entries)
+        self._no_caps: set[int] = set()
+        if os.environ.get(COUNT_ENV, "") not in ("", "0"):
+            self.request_counts = {}
+            for name in COUNTED:
+                setattr(self, name, _counting(self.request_counts, name, getattr(self, name)))
 
     # ------------------------------------------------------------ helpers
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
@@ -207,6 +262,7 @@ class NexusOperations(pyfuse3.Operations):
             log.exception("forgetting %d inodes failed", len(inode_list))
         for ino, _n in inode_list:
             self._cached_version.pop(ino, None)
+            self._no_caps.discard(ino)
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -460,13 +516,38 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(inode)
+        self._no_caps.discard(inode)
         self.vfs.meta.setxattr(inode, name, value)
 
-    @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # The kernel asks for security.capability before every write() to a file (FUSE
+        # lets it skip that only with HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot
+        # negotiate): a miss already seen is answered before anything else.
+        if name == _CAPS and inode in self._no_caps:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return await self._getxattr(inode, name, ctx)
+
+    @_translate
+    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.split(b".", 1)[0] not in _XATTR_NAMESPACES:
+            # system.posix_acl_* and other names setxattr refuses: none can exist, and
+            # "not supported" (not ENODATA) lets ls -l stop asking for each file
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        if name == COUNTS_XATTR and self.request_counts is not None and inode == pyfuse3.ROOT_INODE:
+            return json.dumps(self.request_counts, sort_keys=True).encode()
         if self._virtual(inode):
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return self.vfs.meta.getxattr(inode, name)
+        try:
+            return self.vfs.meta.getxattr(inode, name)
+        except FsError as exc:
+            if exc.errno == errno.ENODATA and name == _CAPS:
+                self._no_caps.add(inode)
+            if exc.errno == errno.ENODATA and name == _SELINUX and not _SELINUX_ON:
+                # no label here, and none expected: the host does not run SELinux. Saying
+                # "not supported" lets ls -l stop asking for each file (as it does on
+                # filesystems without labels); a label someone stored is still returned.
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP) from None
+            raise
 
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -477,6 +558,7 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(inode)
+        self._no_caps.discard(inode)
         self.vfs.meta.removexattr(inode, name)
 
     @_translate

@@ -73,7 +73,6 @@ def _translate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 #: xattr namespaces the engine stores (it refuses setxattr of any other, e.g. system.*)
 _XATTR_NAMESPACES = frozenset((b"user", b"trusted", b"security"))
 _SELINUX = b"security.selinux"
-_CAPS = b"security.capability"
 #: whether this host runs SELinux (then every file is expected to have a label)
 _SELINUX_ON = os.path.exists("/sys/fs/selinux/enforce")
 
@@ -150,9 +149,6 @@ class NexusOperations(pyfuse3.Operations):
         #: kernel requests answered, by kind (None: not counting; see COUNT_ENV). Counting
         #: wraps the handlers of this instance only, so it costs nothing when off.
         self.request_counts: dict[str, int] | None = None
-        #: inodes known to have no security.capability attribute (all xattr changes come
-        #: through this mount: the store is locked while mounted; forget drops entries)
-        self._no_caps: set[int] = set()
         if os.environ.get(COUNT_ENV, "") not in ("", "0"):
             self.request_counts = {}
             for name in COUNTED:
@@ -262,7 +258,6 @@ class NexusOperations(pyfuse3.Operations):
             log.exception("forgetting %d inodes failed", len(inode_list))
         for ino, _n in inode_list:
             self._cached_version.pop(ino, None)
-            self._no_caps.discard(ino)
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -516,19 +511,10 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(inode)
-        self._no_caps.discard(inode)
         self.vfs.meta.setxattr(inode, name, value)
 
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        # The kernel asks for security.capability before every write() to a file (FUSE
-        # lets it skip that only with HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot
-        # negotiate): a miss already seen is answered before anything else.
-        if name == _CAPS and inode in self._no_caps:
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return await self._getxattr(inode, name, ctx)
-
     @_translate
-    async def _getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name.split(b".", 1)[0] not in _XATTR_NAMESPACES:
             # system.posix_acl_* and other names setxattr refuses: none can exist, and
             # "not supported" (not ENODATA) lets ls -l stop asking for each file
@@ -540,8 +526,6 @@ class NexusOperations(pyfuse3.Operations):
         try:
             return self.vfs.meta.getxattr(inode, name)
         except FsError as exc:
-            if exc.errno == errno.ENODATA and name == _CAPS:
-                self._no_caps.add(inode)
             if exc.errno == errno.ENODATA and name == _SELINUX and not _SELINUX_ON:
                 # no label here, and none expected: the host does not run SELinux. Saying
                 # "not supported" lets ls -l stop asking for each file (as it does on
@@ -558,7 +542,6 @@ class NexusOperations(pyfuse3.Operations):
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._read_only(inode)
-        self._no_caps.discard(inode)
         self.vfs.meta.removexattr(inode, name)
 
     @_translate

@@ -170,15 +170,15 @@ def test_unsupported_xattrs_are_not_supported_and_others_still_work(counting):
 
 
 @needs.root_only("setting security.capability")
-def test_capability_after_cached_misses_is_seen_and_cleared_by_a_write(counting):
-    """The mount remembers which files have no security.capability (the kernel asks before
-    every write()); setting one must be seen at once, and the next write() clears it (the
-    kernel removes it, as on any filesystem)."""
+def test_capability_after_misses_is_seen_and_cleared_by_a_write(counting):
+    """The kernel asks for security.capability before every write(); one set after many
+    misses must be seen at once, and the next write() clears it (the kernel removes it,
+    as on any filesystem)."""
     path = counting.path("capfile")
     with open(path, "wb") as f:
         f.write(b"a")
         f.flush()
-        f.write(b"b")  # the second miss is answered from the cache
+        f.write(b"b")
     assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
     # a version-2 capability set (magic, then permitted and inheritable, low and high words)
     caps = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
@@ -194,3 +194,34 @@ def test_capability_after_cached_misses_is_seen_and_cleared_by_a_write(counting)
 
 def test_counting_is_off_by_default(mnt):
     assert errno_of(os.getxattr, mnt.mountpoint, COUNTS) == errno.ENODATA
+
+
+@needs.root_only("setting security.capability")
+def test_a_capability_set_by_another_process_is_cleared_by_a_write(counting):
+    """A capability set through the API (another connection to the mounted store) after the
+    mount answered misses for the file is still removed by the next write() through the
+    mount: no answer about security.capability may be remembered past another writer."""
+    import nexusfs
+
+    path = counting.path("capfile-api")
+    with open(path, "wb") as f:
+        f.write(b"a")
+        f.flush()
+        f.write(b"b")
+    assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
+    caps = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+    nx = nexusfs.connect(counting.home, semantic=False, background_indexing=False)
+    try:
+        nx.setxattr("/capfile-api", "security.capability", caps)
+    finally:
+        nx.close()
+    assert os.getxattr(path, "security.capability") == caps
+    with open(path, "r+b") as f:
+        f.write(b"c")
+        f.flush()
+    assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
+    nx = nexusfs.connect(counting.home, semantic=False, background_indexing=False)
+    try:  # what is stored, not only what the mount says
+        assert "security.capability" not in nx.listxattr("/capfile-api")
+    finally:
+        nx.close()

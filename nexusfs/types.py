@@ -121,6 +121,18 @@ class StoreInfo:
     pending_objects: int
     unreferenced_objects: int
     extra: dict[str, str] = field(default_factory=dict)
+    #: garbage: the grace period (s), unreferenced objects and their stored bytes, when the
+    #: first and the last become collectable (ns since the epoch; 0: none), of them how many
+    #: are collectable now, and the pid of the process whose background collector runs (None: none)
+    gc_grace: float = 0.0
+    garbage_objects: int = 0
+    garbage_bytes: int = 0
+    garbage_first_ns: int = 0
+    garbage_last_ns: int = 0
+    garbage_ready_objects: int = 0
+    garbage_ready_bytes: int = 0
+    gc_auto: bool = False
+    collector_pid: int | None = None
 
     @property
     def dedup_ratio(self) -> float:

@@ -9,13 +9,14 @@ blob directory comes down to the live data alone (the stored bytes of referenced
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 
+import apsw
 import pytest
 
 import nexusfs
@@ -39,14 +40,23 @@ def blob_bytes(home: str) -> int:
     return total
 
 
-def _db(home: str) -> sqlite3.Connection:
-    return sqlite3.connect(os.path.join(home, "meta.db"), timeout=30)
+@contextlib.contextmanager
+def _db(home: str):
+    """The store's database beside whatever has it open (apsw, the library the store uses:
+    a second SQLite library in one process breaks the other's POSIX locks)."""
+    db = apsw.Connection(os.path.join(home, "meta.db"))
+    db.setbusytimeout(30_000)
+    try:
+        with db:
+            yield db
+    finally:
+        db.close()
 
 
 def live_bytes(home: str) -> int:
     """Stored bytes of the objects files reference (read beside whatever has the store open)."""
     with _db(home) as db:
-        return db.execute("SELECT COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount > 0").fetchone()[0]
+        return db.execute("SELECT COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount > 0").fetchall()[0][0]
 
 
 def backdate_garbage(home: str) -> set[int]:
@@ -125,3 +135,135 @@ def test_rewrites_through_the_api_stay_bounded_without_gc(tmp_path):
         assert nx.store.collector.objects_deleted > 0
         assert nx.read_bytes("/db") == last
         assert_fsck_clean(nx)
+
+
+# ------------------------------------------------- the grace period protects
+def test_a_reader_of_an_old_version_keeps_reading_while_the_collector_runs(tmp_path):
+    """Another process (here: another connection, with its own VFS) replaces a file that a
+    reader holds open: the reader's block map still names the old objects, now garbage.
+    The collector runs (it frees older garbage meanwhile) but leaves them alone for the
+    grace period, so the reader reads its version to the end."""
+    home = str(tmp_path / "store")
+    old = os.urandom(8 * BS)
+    with connect(home, background_indexing=False) as writer:
+        writer.write_bytes("/f", old)
+        with connect(home, gc_grace=60, gc_interval=0.2) as reader:
+            collector = reader.store.collector
+            with reader.open("/f", "rb", buffering=0) as f:
+                assert f.read(BS) == old[:BS]  # the block map is loaded now
+                make_garbage(writer, "/junk")
+                ancient = backdate_garbage(home)
+                writer.write_bytes("/f", os.urandom(8 * BS))  # the old version is garbage now
+                collector.wake()
+                assert ancient and wait_until(lambda: collector.objects_deleted >= len(ancient), timeout=30)
+                assert not existing(home, ancient)
+                assert f.read() == old[BS:]
+            assert_fsck_clean(reader, verify_data=False)
+
+
+# ------------------------------------------------- one collector per store
+_OTHER = textwrap.dedent("""
+    import sys, nexusfs
+    nx = nexusfs.connect(sys.argv[1], semantic=False, gc_grace=0.3, gc_interval=0.2)
+    print("open", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    nx.close()
+    print("closed", flush=True)
+""")
+
+
+def test_two_processes_on_one_store_run_one_collector(tmp_path):
+    home = str(tmp_path / "store")
+    with connect(home, background_indexing=False) as nx:
+        make_garbage(nx, "/junk")  # creates the store, and garbage
+    other = subprocess.Popen([sys.executable, "-c", _OTHER, home], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert other.stdout.readline() == b"open\n"
+        assert wait_until(lambda: autogc.collector_pid(home) == other.pid, timeout=30)
+        with connect(home, **FAST) as nx:
+            collector = nx.store.collector
+            make_garbage(nx, "/junk2")
+            ours = backdate_garbage(home)
+            assert wait_until(lambda: not existing(home, ours), timeout=30)  # the other one collected
+            assert autogc.collector_pid(home) == other.pid
+            assert not collector.active and collector.rounds == 0 and collector.objects_deleted == 0
+            other.stdin.close()
+            assert other.stdout.readline() == b"closed\n"
+            assert other.wait(timeout=30) == 0
+            # the other process ended: ours takes over
+            assert wait_until(lambda: collector.active, timeout=30)
+            assert autogc.collector_pid(home) == os.getpid()
+            make_garbage(nx, "/junk3")
+            assert wait_until(lambda: collector.objects_deleted > 0, timeout=30)
+        assert autogc.collector_pid(home) is None
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+# ----------------------------------------------------------- stopping
+def test_close_while_a_collection_runs_stops_it_cleanly_and_promptly(tmp_path, monkeypatch):
+    home = str(tmp_path / "store")
+    with connect(home, background_indexing=False) as nx:
+        for i in range(12):
+            make_garbage(nx, f"/junk{i}", n=8)  # 96 garbage objects: two batches
+    garbage = backdate_garbage(home)
+    started, deletes, at_stop = threading.Event(), [], []
+    nx = connect(home, gc_grace=0.3, gc_interval=60)
+    collector = nx.store.collector
+    real_delete = collector.blobs.delete
+
+    def slow_delete(key):
+        deletes.append(key)
+        started.set()
+        collector._stop.wait(0.05)  # a slow blob store: the round is long
+        return real_delete(key)
+
+    monkeypatch.setattr(collector.blobs, "delete", slow_delete)
+    real_stop = collector._stop.set
+
+    def stop():
+        at_stop.append(len(deletes))
+        real_stop()
+
+    monkeypatch.setattr(collector._stop, "set", stop)
+    collector.wake()
+    assert started.wait(30)
+    nx.close()  # in the middle of the round
+    assert collector._thread is None and at_stop
+    # at most the object being deleted when close came was finished after it
+    assert len(deletes) <= at_stop[0] + 1 < len(garbage)
+    with connect(home, background_indexing=False) as again:
+        assert_fsck_clean(again, verify_data=False)
+        assert len(existing(home, garbage)) == len(garbage) - len(deletes)
+
+
+# ---------------------------------------------------------- nexus info
+def test_nexus_info_shows_pending_garbage_and_the_collector(tmp_path):
+    home = str(tmp_path / "store")
+    run = NexusCli(home)
+    with connect(home, background_indexing=False) as nx:
+        make_garbage(nx, "/junk", n=3)
+    out = run("info").stdout
+    assert "background gc:" in out and "none is running now" in out
+    line = next(x for x in out.splitlines() if x.startswith("garbage:"))
+    assert "in 3 unreferenced objects, kept 1h (the grace period): from 20" in line, line
+    data = __import__("json").loads(run("info", "--json").stdout)
+    assert data["garbage_objects"] == 3 and data["garbage_ready_objects"] == 0
+    assert data["garbage_first_ns"] <= data["garbage_last_ns"] and data["collector_pid"] is None
+    backdate_garbage(home)
+    assert "all collectable now (3)" in run("info").stdout
+    with connect(home, **FAST) as nx:
+        assert wait_until(lambda: nx.store.collector.active, timeout=30)
+        out = run("info").stdout
+        assert f"on (running in pid {os.getpid()}" in out
+        assert wait_until(lambda: "garbage:           none" in run("info").stdout, timeout=30)
+    assert "off (gc_auto: false" in run("--config", str(_yaml(tmp_path, "gc_auto: false")), "info").stdout
+
+
+def _yaml(tmp_path, text: str):
+    p = tmp_path / "gc.yaml"
+    p.write_text(text + "\n")
+    return p

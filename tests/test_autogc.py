@@ -267,3 +267,51 @@ def _yaml(tmp_path, text: str):
     p = tmp_path / "gc.yaml"
     p.write_text(text + "\n")
     return p
+
+
+# ------------------------------------------------------------- the mount
+MOUNT_SETTINGS = {"block_size": "64KiB", "inline_max": "1KiB", "semantic": "false",
+                  "readahead_blocks": 0, "cache_size": 0, "gc_grace": "300ms", "gc_interval": "200ms"}
+
+
+@pytest.mark.mount
+def test_rewrites_through_a_mount_stay_bounded_without_gc(start_mount):
+    m = start_mount(settings=MOUNT_SETTINGS)
+    path = m.path("db")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for _ in range(40):  # a database rewriting its pages: 4 blocks, fsync, again
+            last = os.urandom(4 * BS)
+            os.pwrite(fd, last, 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert blob_bytes(m.home) > 10 * 4 * BS
+    assert wait_until(lambda: blob_bytes(m.home) <= live_bytes(m.home), timeout=60), \
+        (blob_bytes(m.home), live_bytes(m.home))
+    assert autogc.collector_pid(m.home) == m.proc.pid
+    with open(path, "rb") as f:
+        assert f.read() == last
+
+
+@pytest.mark.mount
+def test_a_mount_reader_of_a_version_replaced_by_another_process_keeps_reading(start_mount):
+    """The mount holds a file open for reading; the API (another VFS: another process's
+    view) replaces its content. The mount's collector runs, and frees older garbage, but the
+    reader, whose block map names the old objects, reads its version to the end."""
+    m = start_mount(settings=dict(MOUNT_SETTINGS, gc_grace="60s"))
+    old = os.urandom(16 * BS)
+    with open(m.path("f"), "wb") as f:
+        f.write(old)
+    fd = os.open(m.path("f"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == old[:4096]
+        with nexusfs.connect(m.home, create=False, background_indexing=False) as nx:
+            make_garbage(nx, "/junk")
+            ancient = backdate_garbage(m.home)
+            nx.write_bytes("/f", os.urandom(16 * BS))
+        assert ancient and wait_until(lambda: not existing(m.home, ancient), timeout=30)
+        half = 8 * BS  # beyond what the kernel read ahead
+        assert os.pread(fd, len(old) - half, half) == old[half:]
+    finally:
+        os.close(fd)

@@ -62,13 +62,20 @@ class Pending:
     ready_bytes: int = 0
 
 
+def ready_bytes(meta: MetadataEngine, grace: float) -> int:
+    """Stored bytes of the objects collectable now (an index range of just those rows)."""
+    return meta.db.query_value(
+        "SELECT COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
+        (time.time_ns() - int(grace * 1e9),), 0)
+
+
 def pending_garbage(meta: MetadataEngine, grace: float, now_ns: int | None = None) -> Pending:
     now = time.time_ns() if now_ns is None else now_ns
     g = int(grace * 1e9)
     n, size, oldest, newest = meta.unreferenced_summary()
     if not n:
         return Pending()
-    ready_n, ready_size = meta.db.query_one(
+    ready_n, ready_size = meta.db.query_one(  # the same rows as ready_bytes
         "SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
         (now - g,),
     ) or (0, 0)
@@ -190,7 +197,7 @@ class Collector:
                     continue
                 due = woken or time.monotonic() - last_round >= self.interval
                 if not due:
-                    due = pending_garbage(self.meta, self.grace).ready_bytes >= self.threshold
+                    due = ready_bytes(self.meta, self.grace) >= self.threshold
                 if due:
                     self.collect()
                     last_round = time.monotonic()

@@ -23,15 +23,15 @@ import errno
 import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from backends import BlobStore, BlobStoreError, private
 
+from .background import BackgroundThread, yield_to_foreground
 from .blocks import BlockLayer
 from .meta.engine import MetadataEngine, ObjectRef
+from .types import GarbageInfo
 
 log = logging.getLogger("nexusfs.gc")
 
@@ -48,20 +48,6 @@ SLICE_S = 0.5
 LOCK_NAME = "gc.lock"
 
 
-@dataclass
-class Pending:
-    """Unreferenced objects waiting for the grace period (what ``nexus info`` shows)."""
-
-    objects: int = 0
-    bytes: int = 0
-    #: when the first and the last of them become collectable (ns since the epoch; 0: none)
-    first_ns: int = 0
-    last_ns: int = 0
-    #: of them, collectable now
-    ready_objects: int = 0
-    ready_bytes: int = 0
-
-
 def ready_bytes(meta: MetadataEngine, grace: float) -> int:
     """Stored bytes of the objects collectable now (an index range of just those rows)."""
     return meta.db.query_value(
@@ -69,17 +55,18 @@ def ready_bytes(meta: MetadataEngine, grace: float) -> int:
         (time.time_ns() - int(grace * 1e9),), 0)
 
 
-def pending_garbage(meta: MetadataEngine, grace: float, now_ns: int | None = None) -> Pending:
+def pending_garbage(meta: MetadataEngine, grace: float, now_ns: int | None = None) -> GarbageInfo:
+    """What waits for the grace period (without the collector's part)."""
     now = time.time_ns() if now_ns is None else now_ns
     g = int(grace * 1e9)
     n, size, oldest, newest = meta.unreferenced_summary()
     if not n:
-        return Pending()
+        return GarbageInfo(grace=grace)
     ready_n, ready_size = meta.db.query_one(  # the same rows as ready_bytes
         "SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
         (now - g,),
     ) or (0, 0)
-    return Pending(n, size, oldest + g, newest + g, ready_n, ready_size)
+    return GarbageInfo(n, size, oldest + g, newest + g, ready_n, ready_size, grace)
 
 
 def delete_objects(meta: MetadataEngine, blobs: BlobStore, blocks: BlockLayer | None,
@@ -109,7 +96,9 @@ def delete_objects(meta: MetadataEngine, blobs: BlobStore, blocks: BlockLayer | 
     return deleted, freed, errors
 
 
-class Collector:
+class Collector(BackgroundThread):
+    thread_name = "nexus-gc"
+
     def __init__(self, *, home: str, metadata: str, blobs: BlobStore, blocks: BlockLayer,
                  grace: float, interval: float, threshold: int,
                  last_activity: Callable[[], float] | None = None) -> None:
@@ -122,11 +111,9 @@ class Collector:
         self.interval = interval
         self.threshold = threshold
         self.last_activity = last_activity
+        super().__init__()
         self.db = open_database(metadata)
         self.meta = MetadataEngine(self.db)
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._slice_until = 0.0
         #: figures of this collector (tests and `nexus info` of this process)
@@ -135,21 +122,12 @@ class Collector:
         self.bytes_freed = 0
 
     # -------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="nexus-gc", daemon=True)
-            self._thread.start()
-
     def wake(self) -> None:
         """Collect what is collectable now (tests, and anyone who just freed a lot)."""
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
+        self._end_thread()
         self._release_lock()
         self.db.close()
 
@@ -225,19 +203,8 @@ class Collector:
         return total
 
     def _yield_to_foreground(self) -> None:
-        if self.last_activity is None or time.monotonic() < self._slice_until:
-            return
-        waited = 0.0
-        while not self._stop.is_set():
-            idle = time.monotonic() - self.last_activity()
-            if idle >= QUIET_S:
-                return
-            if waited >= DEFER_MAX_S:
-                self._slice_until = time.monotonic() + SLICE_S
-                return
-            pause = QUIET_S - idle
-            self._stop.wait(pause)
-            waited += pause
+        self._slice_until = yield_to_foreground(self.last_activity, self._stop, self._slice_until,
+                                                quiet=QUIET_S, defer_max=DEFER_MAX_S, slice_s=SLICE_S)
 
 
 def collector_pid(home: str) -> int | None:

@@ -36,8 +36,8 @@ def store_info(store: Store) -> StoreInfo:
     objects = db.query_value("SELECT COUNT(*) FROM objects", (), 0)
     pending = db.query_value("SELECT COUNT(*) FROM objects WHERE state = ?", (OBJECT_PENDING,), 0)
     unref = db.query_value("SELECT COUNT(*) FROM objects WHERE refcount = 0", (), 0)
-    grace = store.config.gc_grace
-    garbage = pending_garbage(store.meta, grace)
+    garbage = pending_garbage(store.meta, store.config.gc_grace)
+    garbage.auto, garbage.collector_pid = store.config.gc_auto, collector_pid(store.config.home)
     s = store.meta.settings
     known = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
     return StoreInfo(
@@ -61,15 +61,7 @@ def store_info(store: Store) -> StoreInfo:
         pending_objects=pending,
         unreferenced_objects=unref,
         extra={"uuid": s.get("uuid", "")},
-        gc_grace=grace,
-        garbage_objects=garbage.objects,
-        garbage_bytes=garbage.bytes,
-        garbage_first_ns=garbage.first_ns,
-        garbage_last_ns=garbage.last_ns,
-        garbage_ready_objects=garbage.ready_objects,
-        garbage_ready_bytes=garbage.ready_bytes,
-        gc_auto=store.config.gc_auto,
-        collector_pid=collector_pid(store.config.home),
+        garbage=garbage,
     )
 
 
@@ -138,9 +130,7 @@ def collect_garbage(
         files, size = store.remove_stale_temp_files()
         report.temp_files_deleted += files
         report.bytes_freed += size
-    n, size, oldest, newest = meta.unreferenced_summary()
-    if n:
-        report.waiting_objects, report.waiting_bytes = n, size
-        report.waiting_from_ns = oldest + int(grace * 1e9)
-        report.waiting_until_ns = newest + int(grace * 1e9)
+    waiting = pending_garbage(meta, grace)
+    report.waiting_objects, report.waiting_bytes = waiting.objects, waiting.bytes
+    report.waiting_from_ns, report.waiting_until_ns = waiting.first_ns, waiting.last_ns
     return report

@@ -251,8 +251,9 @@ def test_nexus_info_shows_pending_garbage_and_the_collector(tmp_path):
     line = next(x for x in out.splitlines() if x.startswith("garbage:"))
     assert "in 3 unreferenced objects, kept 1h (the grace period): from 20" in line, line
     data = __import__("json").loads(run("info", "--json").stdout)
-    assert data["garbage_objects"] == 3 and data["garbage_ready_objects"] == 0
-    assert data["garbage_first_ns"] <= data["garbage_last_ns"] and data["collector_pid"] is None
+    g = data["garbage"]
+    assert g["objects"] == 3 and g["ready_objects"] == 0 and g["grace"] == 3600 and g["auto"]
+    assert 0 < g["first_ns"] <= g["last_ns"] and g["collector_pid"] is None
     backdate_garbage(home)
     assert "all collectable now (3)" in run("info").stdout
     with connect(home, **FAST) as nx:

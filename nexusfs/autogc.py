@@ -186,10 +186,11 @@ class Collector(BackgroundThread):
     def collect(self) -> int:
         """One round: delete, in batches, every object unreferenced for longer than the grace."""
         self.rounds += 1
-        cutoff = time.time_ns() - int(self.grace * 1e9)
         total = 0
         while not self._stop.is_set():
             self._yield_to_foreground()
+            # after a wait: what has passed its grace meanwhile goes in this round too
+            cutoff = time.time_ns() - int(self.grace * 1e9)
             batch = self.meta.garbage_objects(cutoff, limit=BATCH)
             if not batch:
                 break

@@ -518,10 +518,35 @@ def info(as_json: bool) -> None:
         ("dedup ratio", f"{i.dedup_ratio:.2f}x"),
         ("compression ratio", f"{i.compression_ratio:.2f}x"),
         ("objects", f"{i.objects} ({i.pending_objects} pending, {i.unreferenced_objects} unreferenced)"),
+        ("garbage", _garbage_line(i.garbage)),
+        ("background gc", _collector_line(i.garbage)),
     ]
     width = max(len(k) for k, _v in rows) + 1
     for k, v in rows:
         out(f"{k + ':':<{width}} {v}")
+
+
+def _garbage_line(g: Any) -> str:
+    """Unreferenced blobs and when the grace period lets them go."""
+    if not g.objects:
+        return f"none (unreferenced blobs are kept {format_duration(g.grace)}, the grace period)"
+    text = (f"{human(g.bytes)} in {g.objects} unreferenced objects, kept "
+            f"{format_duration(g.grace)} (the grace period): ")
+    if g.ready_objects == g.objects:
+        return text + f"all collectable now ({g.ready_objects})"
+    if g.ready_objects:
+        text += f"{human(g.ready_bytes)} in {g.ready_objects} collectable now, "
+    first, last = _when_s(g.first_ns), _when_s(g.last_ns)
+    return text + ("the rest " if g.ready_objects else "") + f"from {first} on" + (
+        f", all of it from {last}" if last != first else "")
+
+
+def _collector_line(g: Any) -> str:
+    if g.collector_pid is not None:
+        return f"on (running in pid {g.collector_pid}: a mount or API process)"
+    if g.auto:
+        return "on in mounts and API processes (none is running now: `nexus gc` frees garbage by hand)"
+    return "off (gc_auto: false; `nexus gc` frees garbage by hand)"
 
 
 # ---------------------------------------------------------------------- ls

@@ -98,6 +98,13 @@ class Config:
     fsync_blobs: bool = True
     #: unreferenced blobs are kept this long before gc removes them (seconds)
     gc_grace: float = 3600.0
+    #: free unreferenced blobs from a background thread (the mount, and API processes with
+    #: background work on: ``background_indexing``); one process per store collects at a time
+    gc_auto: bool = True
+    #: the background collector runs this often (seconds) ...
+    gc_interval: float = 60.0
+    #: ... and sooner once this many bytes of garbage have passed the grace period
+    gc_threshold: int = 256 * MiB
     #: the mount commits namespace changes (create, unlink, rename, chmod...) in groups,
     #: at most this long after the first one (seconds; 0 = each on its own); fsync,
     #: close after writing and unmount commit at once. The API and CLI commit each call.
@@ -160,6 +167,10 @@ class Config:
             self._bad("readahead_blocks", f"must not be negative, not {self.readahead_blocks}")
         if self.gc_grace < 0:
             self._bad("gc_grace", f"must not be negative, not {_seconds(self.gc_grace)}")
+        if not 0.1 <= self.gc_interval <= 86400:
+            self._bad("gc_interval", f"must be between 100ms and 1d, not {_seconds(self.gc_interval)}")
+        if self.gc_threshold < 0:
+            self._bad("gc_threshold", f"must not be negative, not {format_size(self.gc_threshold)}")
 
     def label(self, name: str) -> str:
         """How a message names setting ``name``: 'nexus.yaml: threads' if it was read from that file."""
@@ -212,16 +223,16 @@ def _name(key: object) -> str:
 
 
 def _coerce(name: str, raw: object, what: str) -> object:
-    if name in ("block_size", "inline_max", "cache_size", "dirty_limit", "search_results_max"):
+    if name in ("block_size", "inline_max", "cache_size", "dirty_limit", "search_results_max", "gc_threshold"):
         return parse_size(raw, what)
-    if name in ("gc_grace", "group_commit", "search_timeout"):
+    if name in ("gc_grace", "gc_interval", "group_commit", "search_timeout"):
         return parse_duration(raw, what)
     if name in ("threads", "readahead_blocks"):
         try:
             return int(raw)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ConfigError(f"{what}: expected a whole number, got {raw!r}") from None
-    if name in ("verify_reads", "fsync_blobs", "background_indexing", "semantic"):
+    if name in ("verify_reads", "fsync_blobs", "background_indexing", "semantic", "gc_auto"):
         if isinstance(raw, bool):
             return raw
         if str(raw).lower() in ("true", "yes", "on", "1"):

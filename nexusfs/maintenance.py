@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends import BlobStoreError
-
+from .autogc import collector_pid, delete_objects, pending_garbage
 from .meta.engine import parse_blob_key
 from .meta.schema import OBJECT_PENDING
 from .store import Store
@@ -37,6 +36,8 @@ def store_info(store: Store) -> StoreInfo:
     objects = db.query_value("SELECT COUNT(*) FROM objects", (), 0)
     pending = db.query_value("SELECT COUNT(*) FROM objects WHERE state = ?", (OBJECT_PENDING,), 0)
     unref = db.query_value("SELECT COUNT(*) FROM objects WHERE refcount = 0", (), 0)
+    garbage = pending_garbage(store.meta, store.config.gc_grace)
+    garbage.auto, garbage.collector_pid = store.config.gc_auto, collector_pid(store.config.home)
     s = store.meta.settings
     known = (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK)
     return StoreInfo(
@@ -60,6 +61,7 @@ def store_info(store: Store) -> StoreInfo:
         pending_objects=pending,
         unreferenced_objects=unref,
         extra={"uuid": s.get("uuid", "")},
+        garbage=garbage,
     )
 
 
@@ -94,22 +96,12 @@ def collect_garbage(
         batch = meta.garbage_objects(cutoff, limit=1000)
         if not batch:
             break
-        for ref in batch:
-            # The row goes first, in a transaction that re-checks refcount = 0; a writer that
-            # deduplicates onto it must have taken a reference before, so nobody can
-            # reference the blob once the row is gone.
-            if not meta.forget_object(ref.id, cutoff):
-                continue
-            store.vfs.blocks.forget_cached(ref.id)
-            try:
-                blobs.delete(ref.key)
-            except BlobStoreError:
-                report.errors += 1
-                continue
-            report.objects_deleted += 1
-            report.bytes_freed += ref.stored_size
-            if progress:
-                progress("objects", report.objects_deleted, None)
+        deleted, freed, errors = delete_objects(meta, blobs, store.vfs.blocks, batch, cutoff)
+        report.objects_deleted += deleted
+        report.bytes_freed += freed
+        report.errors += errors
+        if progress and deleted:
+            progress("objects", report.objects_deleted, None)
     if scan_blobs:
         cutoff_s = time.time() - grace
         batch_keys: list[tuple[str, int, int]] = []
@@ -138,9 +130,7 @@ def collect_garbage(
         files, size = store.remove_stale_temp_files()
         report.temp_files_deleted += files
         report.bytes_freed += size
-    n, size, oldest, newest = meta.unreferenced_summary()
-    if n:
-        report.waiting_objects, report.waiting_bytes = n, size
-        report.waiting_from_ns = oldest + int(grace * 1e9)
-        report.waiting_until_ns = newest + int(grace * 1e9)
+    waiting = pending_garbage(meta, grace)
+    report.waiting_objects, report.waiting_bytes = waiting.objects, waiting.bytes
+    report.waiting_from_ns, report.waiting_until_ns = waiting.first_ns, waiting.last_ns
     return report

@@ -53,8 +53,12 @@ class Store:
         self._closed = False
         self._searcher = None
         self.indexer = None
+        #: the background garbage collector of this process (None: off)
+        self.collector = None
         if config.background_indexing:
             self.start_indexer()
+            if config.gc_auto:
+                self.start_collector()
 
     # ---------------------------------------------------------------- search
     @property
@@ -80,6 +84,20 @@ class Store:
             self.meta.on_index_enqueued = self.indexer.notify
             self.indexer.start()
         return self.indexer
+
+    def start_collector(self):
+        """Run the background garbage collector in this process (idempotent); returns it.
+        It collects only while no other process's collector holds the store's gc lock."""
+        if self.collector is None:
+            from .autogc import Collector
+
+            self.collector = Collector(
+                home=self.config.home, metadata=self.config.metadata, blobs=self.blobs,
+                blocks=self.vfs.blocks, grace=self.config.gc_grace, interval=self.config.gc_interval,
+                threshold=self.config.gc_threshold,
+                last_activity=lambda: max(self.db.last_write, self.vfs.last_use))
+            self.collector.start()
+        return self.collector
 
     @classmethod
     def open(cls, config: Config, *, create: bool = True) -> Store:
@@ -135,6 +153,8 @@ class Store:
             return
         self._closed = True
         try:
+            if self.collector is not None:
+                self.collector.stop()
             if self.indexer is not None:
                 self.meta.on_index_enqueued = None
                 self.indexer.stop()
@@ -356,7 +376,7 @@ def _top_level_paths(config: Config) -> list[str]:
     db = _database_path(config)
     if db is not None:
         out += [db] + [db + suffix for suffix in DB_COMPANIONS]
-    out += [os.path.join(config.home, name) for name in ("mount.lock", "mount.log")]
+    out += [os.path.join(config.home, name) for name in ("mount.lock", "mount.log", "gc.lock")]
     if config.blobs.startswith("file://") or "://" not in config.blobs:
         out.append(os.path.realpath(config.blobs.removeprefix("file://")))
     return out

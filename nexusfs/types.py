@@ -98,6 +98,27 @@ class StatFs:
 
 
 @dataclass(slots=True)
+class GarbageInfo:
+    """Unreferenced objects waiting for the grace period, and the background collector."""
+
+    objects: int = 0
+    #: their stored bytes
+    bytes: int = 0
+    #: when the first and the last of them become collectable (ns since the epoch; 0: none)
+    first_ns: int = 0
+    last_ns: int = 0
+    #: of them, collectable now
+    ready_objects: int = 0
+    ready_bytes: int = 0
+    #: the grace period (seconds)
+    grace: float = 0.0
+    #: background collection is configured (gc_auto)
+    auto: bool = False
+    #: the process whose background collector runs now (None: none)
+    collector_pid: int | None = None
+
+
+@dataclass(slots=True)
 class StoreInfo:
     """Figures for ``nexus info``."""
 
@@ -121,6 +142,7 @@ class StoreInfo:
     pending_objects: int
     unreferenced_objects: int
     extra: dict[str, str] = field(default_factory=dict)
+    garbage: GarbageInfo = field(default_factory=lambda: GarbageInfo())
 
     @property
     def dedup_ratio(self) -> float:

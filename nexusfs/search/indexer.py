@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import paths
+from ..background import BackgroundThread, yield_to_foreground
 from ..blocks import BlockLayer
 from ..config import Config
 from ..errors import NexusError
@@ -62,7 +62,9 @@ class IndexedContent:
     chunks: list[tuple[int, int, int, str]] | None
 
 
-class Indexer:
+class Indexer(BackgroundThread):
+    thread_name = "nexus-indexer"
+
     def __init__(self, config: Config, blocks: BlockLayer, *, semantic: bool = True,
                  embedder: str | None = None, last_activity: Callable[[], float] | None = None) -> None:
         """``embedder``: the model this process is configured with. It is used only for a
@@ -70,6 +72,7 @@ class Indexer:
         ``last_activity``: time.monotonic() of the store's last foreground work in this
         process; the background loop yields to it (see QUIET_S). Foreground calls
         (``run_until_idle``) never wait."""
+        super().__init__()
         self.config = config
         self.last_activity = last_activity
         self._slice_until = 0.0
@@ -89,28 +92,20 @@ class Indexer:
         self._embedder: Any = None
         self._embedder_error: str | None = None
         self._identity: tuple[str, int] | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.indexed = 0
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         if self._thread is None:
             self._log_note = True  # nobody else tells this process's user about its configuration
-            self._thread = threading.Thread(target=self._loop, name="nexus-indexer", daemon=True)
-            self._thread.start()
+        super().start()
 
     def notify(self) -> None:
         """Content changed in this process: look at the queue now."""
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-            self._thread = None
+        self._end_thread()
         self.db.close()
 
     # ------------------------------------------------------------- embedding
@@ -194,19 +189,8 @@ class Indexer:
     def _yield_to_foreground(self) -> None:
         """Wait until the store has been quiet for QUIET_S, or give up waiting after
         DEFER_MAX_S and then index without waiting for INDEX_SLICE_S."""
-        if self.last_activity is None or time.monotonic() < self._slice_until:
-            return
-        waited = 0.0
-        while not self._stop.is_set():
-            idle = time.monotonic() - self.last_activity()
-            if idle >= QUIET_S:
-                return
-            if waited >= DEFER_MAX_S:
-                self._slice_until = time.monotonic() + INDEX_SLICE_S
-                return
-            pause = QUIET_S - idle
-            self._stop.wait(pause)
-            waited += pause
+        self._slice_until = yield_to_foreground(self.last_activity, self._stop, self._slice_until,
+                                                quiet=QUIET_S, defer_max=DEFER_MAX_S, slice_s=INDEX_SLICE_S)
 
     def run_batch(self, limit: int = 32, background: bool = False, since_ns: int = 0) -> int:
         """Index up to ``limit`` queued files (queued at ``since_ns`` or later); returns

@@ -40,6 +40,25 @@ def run_nexus(*args: str, umask: int | None = None, env: dict[str, str] | None =
                           env=dict(os.environ, **(env or {})), timeout=300)
 
 
+#: the commands the tests run as nobody, with the arguments that reach their deepest code
+WARM_UP = (["put", "{src}", "/n.txt"], ["ls", "/"], ["cat", "/n.txt"], ["grep", "note", "/"],
+           ["search", "a note"], ["info"], ["fsck"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _modules_loaded(tmp_path_factory):
+    """Run each command nobody will run once as root first, on a scratch store: the forked
+    child imports nothing then (nobody cannot read this Python's files in root's home: a
+    module imported lazily, such as email.parser by importlib.metadata, made the child
+    fail depending on which tests had run before)."""
+    d = tmp_path_factory.mktemp("warm-up")
+    src = d / "n.txt"
+    src.write_bytes(b"a note\n")
+    for args in WARM_UP:
+        res = CliRunner().invoke(cli, ["--home", str(d / "store"), *(a.format(src=src) for a in args)])
+        assert res.exit_code == 0, (args, res.output)
+
+
 def nexus_as_nobody(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``nexus ARGS`` run by the user nobody: (exit status, stdout, stderr). It runs in a
     forked child (nobody cannot start this Python: it lives in root's home directory)."""

@@ -169,19 +169,28 @@ def test_unsupported_xattrs_are_not_supported_and_others_still_work(counting):
     assert os.listxattr(path) == ["user.k"]
 
 
-@needs.root_only("setting security.capability")
-def test_capability_after_misses_is_seen_and_cleared_by_a_write(counting):
-    """The kernel asks for security.capability before every write(); one set after many
-    misses must be seen at once, and the next write() clears it (the kernel removes it,
-    as on any filesystem)."""
-    path = counting.path("capfile")
+#: a version-2 capability set (magic, then permitted and inheritable, low and high words)
+CAPS = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+
+
+def written_after_misses(path: str) -> str:
+    """A new file written twice, so the kernel has asked for its security.capability (and
+    been told there is none) before each write."""
     with open(path, "wb") as f:
         f.write(b"a")
         f.flush()
         f.write(b"b")
     assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
-    # a version-2 capability set (magic, then permitted and inheritable, low and high words)
-    caps = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+    return path
+
+
+@needs.root_only("setting security.capability")
+def test_capability_after_misses_is_seen_and_cleared_by_a_write(counting):
+    """The kernel asks for security.capability before every write(); one set after many
+    misses must be seen at once, and the next write() clears it (the kernel removes it,
+    as on any filesystem)."""
+    path = written_after_misses(counting.path("capfile"))
+    caps = CAPS
     os.setxattr(path, "security.capability", caps)
     assert os.getxattr(path, "security.capability") == caps
     with open(path, "r+b") as f:
@@ -203,13 +212,8 @@ def test_a_capability_set_by_another_process_is_cleared_by_a_write(counting):
     mount: no answer about security.capability may be remembered past another writer."""
     import nexusfs
 
-    path = counting.path("capfile-api")
-    with open(path, "wb") as f:
-        f.write(b"a")
-        f.flush()
-        f.write(b"b")
-    assert errno_of(os.getxattr, path, "security.capability") == errno.ENODATA
-    caps = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+    path = written_after_misses(counting.path("capfile-api"))
+    caps = CAPS
     nx = nexusfs.connect(counting.home, semantic=False, background_indexing=False)
     try:
         nx.setxattr("/capfile-api", "security.capability", caps)

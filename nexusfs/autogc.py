@@ -49,10 +49,8 @@ LOCK_NAME = "gc.lock"
 
 
 def ready_bytes(meta: MetadataEngine, grace: float) -> int:
-    """Stored bytes of the objects collectable now (an index range of just those rows)."""
-    return meta.db.query_value(
-        "SELECT COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
-        (time.time_ns() - int(grace * 1e9),), 0)
+    """Stored bytes of the objects collectable now."""
+    return meta.collectable_summary(time.time_ns() - int(grace * 1e9))[1]
 
 
 def pending_garbage(meta: MetadataEngine, grace: float, now_ns: int | None = None) -> GarbageInfo:
@@ -62,10 +60,7 @@ def pending_garbage(meta: MetadataEngine, grace: float, now_ns: int | None = Non
     n, size, oldest, newest = meta.unreferenced_summary()
     if not n:
         return GarbageInfo(grace=grace)
-    ready_n, ready_size = meta.db.query_one(  # the same rows as ready_bytes
-        "SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
-        (now - g,),
-    ) or (0, 0)
+    ready_n, ready_size = meta.collectable_summary(now - g)
     return GarbageInfo(n, size, oldest + g, newest + g, ready_n, ready_size, grace)
 
 

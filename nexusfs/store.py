@@ -73,6 +73,11 @@ class Store:
                                       skip_dirs=self.config.semantic_skip_dirs)
         return self._searcher
 
+    def last_activity(self) -> float:
+        """time.monotonic() of this process's last foreground work on the store (a write to the
+        database or a VFS call): what the background threads give way to."""
+        return max(self.db.last_write, self.vfs.last_use)
+
     def start_indexer(self):
         """Run the background indexer in this process (idempotent); returns it."""
         if self.indexer is None:
@@ -80,7 +85,7 @@ class Store:
 
             self.indexer = Indexer(self.config, self.vfs.blocks, semantic=self.config.semantic,
                                    embedder=self.config.embedder or None,
-                                   last_activity=lambda: max(self.db.last_write, self.vfs.last_use))
+                                   last_activity=self.last_activity)
             self.meta.on_index_enqueued = self.indexer.notify
             self.indexer.start()
         return self.indexer
@@ -95,7 +100,7 @@ class Store:
                 home=self.config.home, metadata=self.config.metadata, blobs=self.blobs,
                 blocks=self.vfs.blocks, grace=self.config.gc_grace, interval=self.config.gc_interval,
                 threshold=self.config.gc_threshold,
-                last_activity=lambda: max(self.db.last_write, self.vfs.last_use))
+                last_activity=self.last_activity)
             self.collector.start()
         return self.collector
 

@@ -899,6 +899,14 @@ class MetadataEngine:
             "COALESCE(MAX(unref_ns), 0) FROM objects WHERE refcount = 0")
         return row if row is not None else (0, 0, 0, 0)
 
+    def collectable_summary(self, older_than_ns: int) -> tuple[int, int]:
+        """(how many, stored bytes) of the unreferenced objects whose ``unref_ns`` is older
+        than ``older_than_ns``: what gc may free now (a range of the unreferenced index)."""
+        row = self.db.query_one(
+            "SELECT COUNT(*), COALESCE(SUM(stored_size), 0) FROM objects WHERE refcount = 0 AND unref_ns < ?",
+            (older_than_ns,))
+        return row if row is not None else (0, 0)
+
     def forget_object(self, oid: int, older_than_ns: int) -> bool:
         """Delete an unreferenced object row; True if it was still garbage (then delete its blob)."""
         with self.db.transaction():

@@ -94,18 +94,13 @@ def need_module(part: str, module: str):
         need(part, f"cannot import {module}: {exc}")
 
 
-def mount_problem() -> str | None:
-    """None if real mounts can run here, else why not."""
-    from tests.mountutil import fuse_usable
-
-    return fuse_usable()
-
-
 def need_mount() -> None:
     """The one guard of every test that mounts (tests marked ``mount`` pass it before their
     fixtures are set up, see conftest; MountedStore.start and the tests that mount through
     the CLI call it too)."""
-    need("mount", mount_problem())
+    from tests.mountutil import fuse_usable
+
+    need("mount", fuse_usable())
 
 
 def semantic_problem() -> str | None:

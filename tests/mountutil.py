@@ -9,8 +9,8 @@ never leaves a process behind, also when the test fails.
 How the mount ended is checked (``check_end``, which ``stop()`` calls): exit status 0,
 and nothing in its log at WARNING or above, no traceback (an exception in one of its
 threads, say the indexer or the group-commit timer, or in the final flush), no stray
-output — except
-what the test allows with ``allow_log=[regex, ...]`` because it provokes it on purpose.
+output — except what the test allows with ``allow_log=[regex, ...]`` because it provokes
+it on purpose.
 A mount killed on purpose (``kill()``, or a signal through ``terminate()`` whose status
 the test checks itself) is exempt from the status check, not from the log check.
 """
@@ -64,8 +64,9 @@ def log_problems(text: str, allow: list[str] | tuple[str, ...] = ()) -> list[str
     for lines in entries:
         entry = "\n".join(lines)
         m = _LOG_RECORD.match(lines[0])
-        bad = (m is not None and m["level"] in _BAD_LEVELS) or m is None and bool(entry.strip()) \
-            or "Traceback (most recent call last)" in entry
+        bad = ((m is not None and m["level"] in _BAD_LEVELS)  # a warning or error record
+               or (m is None and bool(entry.strip()))  # output that is not a log record
+               or "Traceback (most recent call last)" in entry)
         if bad and not any(re.search(a, entry) for a in allow):
             problems.append(entry)
     return problems

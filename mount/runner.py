@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,21 +140,23 @@ def run_mount(config: Config, mountpoint: str, opts: MountOptions, *, ready_fd: 
             if opts.debug:
                 fuse_opts.add("debug")
             fuse_opts.update(opts.extra)
+            early: list[int] = []
             try:
-                try:
-                    pyfuse3.init(ops, path, fuse_opts)
-                except RuntimeError as exc:
-                    raise MountError(f"mounting {path} failed: {exc}") from None
-                log.info("store %s mounted at %s", config.home, path)
-                try:
-                    trio.run(_serve, ready_fd, path, ops)
-                finally:
-                    log.info("unmounting %s and writing out all data", path)
-                    pyfuse3.close(unmount=True)
-                    store.vfs.sync()
-                    # files deleted while still open (or still known to the kernel) go now:
-                    # the kernel will never release them
-                    _purge_orphans(store)
+                with _signals_remembered(early):
+                    try:
+                        pyfuse3.init(ops, path, fuse_opts)
+                    except RuntimeError as exc:
+                        raise MountError(f"mounting {path} failed: {exc}") from None
+                    log.info("store %s mounted at %s", config.home, path)
+                    try:
+                        trio.run(_serve, ready_fd, path, ops, early)
+                    finally:
+                        log.info("unmounting %s and writing out all data", path)
+                        pyfuse3.close(unmount=True)
+                        store.vfs.sync()
+                        # files deleted while still open (or still known to the kernel) go now:
+                        # the kernel will never release them
+                        _purge_orphans(store)
             finally:
                 if splice_held:
                     release_splice()
@@ -229,22 +233,49 @@ def _raise_readahead(path: str) -> None:
         log.debug("could not raise read-ahead for %s: %s", path, exc)
 
 
-async def _serve(ready_fd: int | None, path: str, ops: Any) -> None:
+#: the signals that unmount: Ctrl-C, kill, a closed terminal
+UNMOUNT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _signals_remembered(received: list[int]) -> Iterator[None]:
+    """While the mount exists but is not served (from its creation until the serving loop
+    listens, and while everything is written out after it), an unmount signal is appended
+    to ``received`` instead of interrupting: the loop acts on one that came early (a Ctrl-C
+    right after mounting unmounts cleanly, like any other), and the final write-out is never
+    cut short."""
+    old = {sig: signal.signal(sig, lambda num, _frame: received.append(num)) for sig in UNMOUNT_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+async def _serve(ready_fd: int | None, path: str, ops: Any, early: list[int]) -> None:
+    """Serve the mount until it is unmounted or an unmount signal comes (also one already
+    in ``early``, received before the loop listened)."""
     import pyfuse3
     import trio
 
     async with trio.open_nursery() as nursery:
 
+        async def unmount(sig: int) -> None:
+            log.info("received %s, unmounting", signal.Signals(sig).name)
+            # Data written to files still open may be only in the kernel's page
+            # cache (writeback cache): have it written back to us while we still
+            # serve requests, so the final sync commits it.
+            with trio.move_on_after(60):
+                await trio.to_thread.run_sync(_syncfs, path, abandon_on_cancel=True)
+            pyfuse3.terminate()
+
         async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            with trio.open_signal_receiver(*UNMOUNT_SIGNALS) as signals:
+                if early:
+                    await unmount(early[0])
+                    return
                 async for sig in signals:
-                    log.info("received %s, unmounting", signal.Signals(sig).name)
-                    # Data written to files still open may be only in the kernel's page
-                    # cache (writeback cache): have it written back to us while we still
-                    # serve requests, so the final sync commits it.
-                    with trio.move_on_after(60):
-                        await trio.to_thread.run_sync(_syncfs, path, abandon_on_cancel=True)
-                    pyfuse3.terminate()
+                    await unmount(sig)
                     return
 
         async def after_handshake() -> None:

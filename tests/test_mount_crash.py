@@ -313,3 +313,41 @@ def test_a_clean_stop_gives_back_the_index_jobs_it_claimed(mnt, stop):
         assert _terminate(mnt, signal.SIGTERM if stop == "sigterm" else signal.SIGINT) == 0, mnt.log_tail()
     queued, claimed = _claims(mnt.home)
     assert claimed == 0, f"{claimed} of {queued} queued jobs are still claimed after a clean stop"
+
+
+#: the mount process, with the moment between mounting and serving stretched to a second
+#: (``trio.run`` starts late), so that a signal surely lands there
+_LATE_SERVING = """
+import runpy, sys, time, trio
+serve = trio.run
+trio.run = lambda *a, **k: (time.sleep(1.0), serve(*a, **k))[1]
+sys.argv = ["nexus mount", *sys.argv[1:]]
+runpy.run_module("mount", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_mount_is_served_unmounts_cleanly(tmp_path, sig):
+    """Ctrl-C (or SIGTERM) that comes after the kernel has the mount but before the serving
+    loop listens is acted on like any other: a clean unmount with exit status 0, not an
+    interrupted process (status 130)."""
+    from tests.mountutil import _is_mounted, force_unmount, log_problems, wait_until
+
+    home, mnt = str(tmp_path / "store"), str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    proc = subprocess.Popen([sys.executable, "-c", _LATE_SERVING, "--home", home, mnt, "--foreground"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: _is_mounted(mnt) or proc.poll() is not None, 60)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert f"received {signal.Signals(sig).name}, unmounting" in err
+        assert not log_problems(err)
+        assert not _is_mounted(mnt)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        force_unmount(mnt)
